@@ -1,0 +1,1 @@
+"""caselink's public contracts: topic names, enums, referral submissions and case events."""

@@ -1,0 +1,113 @@
+"""The intake service: HTTP API + consumers of caselink.referrals.submitted and caselink.case.events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.events import parse_case_event
+from schemas.topics import CASE_EVENTS, REFERRALS_SUBMITTED
+from services.intake import handlers
+from services.intake.api import router as api_router
+from services.intake.domain import SubmissionInvalid, parse_kafka_submission
+from services.intake.errors import install_error_handlers
+from services.shared.consuming import MessageConsumer, origin
+from services.shared.logging import bind_message_context, clear_message_context
+from services.shared.runtime import Runtime, build_runtime
+from services.shared.settings import Settings
+
+
+def register_consumers(runtime: Runtime) -> None:
+    """Subscribe intake's two consumers on the runtime's broker."""
+    settings = runtime.settings
+    submissions = MessageConsumer("intake.submissions", runtime.sessions, max_attempts=settings.consumer_max_attempts)
+    projection = MessageConsumer("intake.projection", runtime.sessions, max_attempts=settings.consumer_max_attempts)
+
+    @runtime.broker.subscriber(REFERRALS_SUBMITTED, **runtime.subscriber_options("caselink-intake"))
+    async def on_submission(msg: KafkaMessage) -> None:
+        record = cast(ConsumerRecord, msg.raw_message)
+        clear_message_context()
+        try:
+            submission = parse_kafka_submission(record.value)
+        except SubmissionInvalid as exc:
+            invalid = exc
+            bind_message_context(submission_id=invalid.submission_id)
+            await submissions.process(
+                record,
+                message_id=f"rejected:{origin(record)}",
+                work=lambda session: handlers.reject_submission(session, invalid, key=origin(record)),
+            )
+            return
+        bind_message_context(submission_id=str(submission.submission_id))
+
+        async def accept(session: AsyncSession) -> None:
+            try:
+                await handlers.accept_submission(
+                    session,
+                    submission,
+                    submitted_by=submission.submitted_by,
+                    idempotency_source="kafka",
+                    idempotency_key=str(submission.submission_id),
+                    resident_key=settings.resident_ref_key,
+                )
+            except SubmissionInvalid as invalid:
+                await handlers.reject_submission(session, invalid, key=str(submission.submission_id))
+
+        await submissions.process(record, message_id=f"submission:{submission.submission_id}", work=accept)
+
+    @runtime.broker.subscriber(CASE_EVENTS, **runtime.subscriber_options("caselink-intake-projection"))
+    async def on_case_event(msg: KafkaMessage) -> None:
+        record = cast(ConsumerRecord, msg.raw_message)
+        clear_message_context()
+        try:
+            event = parse_case_event(record.value)
+        except ValidationError as exc:
+            await projection.dead_letter(record, f"undecodable case event: {exc.error_count()} errors")
+            return
+        bind_message_context(case_id=event.subject, event_id=str(event.id))
+        await projection.process(
+            record, message_id=str(event.id), work=lambda session: handlers.project_case_event(session, event)
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The runnable intake service (serve with uvicorn)."""
+    runtime = build_runtime("intake", settings)
+    register_consumers(runtime)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="caselink intake",
+        version="1",
+        description="Referrals in from village rooms; cases, escalations and live events out.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = runtime.sessions
+    app.state.runtime = runtime
+
+    async def broker_ready() -> bool:
+        return (await runtime.ready())["broker"]
+
+    app.state.broker_ready = broker_ready
+    install_error_handlers(app)
+    app.include_router(api_router)
+    if settings.demo_inbox:
+        from services.intake.demo_inbox import router as demo_router
+
+        app.include_router(demo_router)
+    return app

@@ -1,0 +1,81 @@
+"""Intake's pure decisions: may this caller submit for this room, is the room a village room,
+and the keyed reference that stands for a resident everywhere outside the database."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import unicodedata
+
+from pydantic import ValidationError
+
+from schemas.referral import FieldError, KafkaReferralSubmission, Resident, validation_errors
+from services.shared.directory import StationRow, User
+
+
+class SubmissionInvalid(ValueError):
+    """A submission that cannot be accepted, with the reasons per field."""
+
+    def __init__(self, errors: list[FieldError], submission_id: str | None = None) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+        self.submission_id = submission_id
+
+
+def _normalise(text: str | None) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text or "").split()).casefold()
+
+
+def resident_ref(resident: Resident, *, key: str) -> str:
+    """A keyed hash of the resident's identity: stable per resident, meaningless without the key.
+
+    The id number identifies a person when given; otherwise name, birth year and household
+    (or address) do. Events carry this instead of any personal data.
+    """
+    if resident.id_number:
+        identity = "id:" + resident.id_number.upper()
+    else:
+        place = resident.household_id or resident.address
+        identity = f"person:{_normalise(resident.name)}|{resident.birth_year or ''}|{_normalise(place)}"
+    digest = hmac.new(key.encode(), identity.encode(), hashlib.sha256).hexdigest()
+    return "r_" + digest[:32]
+
+
+def room_problems(room_id: str, room: StationRow | None) -> list[FieldError]:
+    """Why `room_id` cannot receive referrals (empty when it can)."""
+    if room is None:
+        return [FieldError(field="room_id", message=f"unknown station '{room_id}'")]
+    if room.tier != "village":
+        return [
+            FieldError(
+                field="room_id",
+                message=f"'{room_id}' is a {room.tier} station; referrals are submitted by village rooms",
+            )
+        ]
+    return []
+
+
+def may_submit_for(user: User, room_id: str) -> bool:
+    """A system user submits for any room; a worker only for the village room they belong to."""
+    if user.role == "system":
+        return True
+    return user.role == "worker" and user.station_id == room_id
+
+
+def parse_kafka_submission(raw: bytes | None) -> KafkaReferralSubmission:
+    """Decode a message of caselink.referrals.submitted, or raise SubmissionInvalid naming the fields."""
+    try:
+        document = json.loads(raw or b"")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = f"message is not valid UTF-8 JSON ({type(exc).__name__} at position {getattr(exc, 'pos', 0)})"
+        raise SubmissionInvalid([FieldError(field="$", message=message)]) from None
+    submission_id = document.get("submission_id") if isinstance(document, dict) else None
+    if not isinstance(submission_id, str):
+        submission_id = None
+    if not isinstance(document, dict):
+        raise SubmissionInvalid([FieldError(field="$", message="message must be a JSON object")])
+    try:
+        return KafkaReferralSubmission.model_validate(document)
+    except ValidationError as exc:
+        raise SubmissionInvalid(validation_errors(exc), submission_id=submission_id) from None

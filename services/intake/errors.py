@@ -1,0 +1,54 @@
+"""HTTP errors in the contract's shape: {"error": {"code", "message", "fields"}} — never a 500 for bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.referral import FieldError, field_errors
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_failed",
+          503: "unavailable"}  # fmt: skip
+
+
+class ApiError(Exception):
+    """An error answer with a status, a machine code and a human message."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, fields: list[FieldError] = ()) -> None:  # type: ignore[assignment]
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.fields = list(fields)
+
+
+def error_body(code: str, message: str, fields: list[FieldError] | None = None) -> dict[str, Any]:
+    """The contract's error document."""
+    return {"error": {"code": code, "message": message, "fields": [f.model_dump() for f in fields or []]}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error, including FastAPI's own, in the contract's shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.fields), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI locates body errors under "body"; clients know the fields by their own names.
+        details = [{**d, "loc": tuple(d.get("loc", ()))[1:] if d.get("loc", ("",))[0] == "body" else d.get("loc", ())}
+                   for d in exc.errors()]  # fmt: skip
+        fields = field_errors(details)
+        message = "the request is invalid: " + "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
+        return JSONResponse(error_body("validation_failed", message, fields), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODES.get(exc.status_code, "error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,60 @@
+"""Tables of the `intake` schema: accepted submissions (with resident data) and the case read model."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Index, Integer, PrimaryKeyConstraint, Table, Text, func
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from services.shared.db import metadata
+
+submission_keys = Table(
+    "submission_keys",
+    metadata,
+    # source is "kafka" for submission ids and "http:<user id>" for Idempotency-Key headers.
+    Column("source", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("case_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("source", "key"),
+    schema="intake",
+)
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("case_id", Text, primary_key=True),
+    Column("room_id", Text, nullable=False),
+    Column("submitted_by", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("risk_level", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    # Personal data stays here, in the database; events and logs carry resident_ref only.
+    Column("resident", JSONB, nullable=False),
+    Column("consent", JSONB, nullable=False),
+    Column("resident_ref", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The read model, projected from caselink.case.events.
+    Column("status", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("station_id", Text, nullable=False),
+    Column("assignee_id", Text, nullable=True),
+    Column("accept_by", DateTime(timezone=True), nullable=True),
+    Column("last_sequence", Integer, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index(None, "station_id", "status"),
+    schema="intake",
+)
+
+case_events = Table(
+    "case_events",
+    metadata,
+    Column("case_id", Text, nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("event_id", UUID(as_uuid=False), nullable=False, unique=True),
+    Column("type", Text, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("event", JSONB, nullable=False),
+    PrimaryKeyConstraint("case_id", "sequence"),
+    schema="intake",
+)

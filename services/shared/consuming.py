@@ -1,0 +1,83 @@
+"""How every caselink consumer handles one Kafka message: inbox, transaction, retry, dead letter.
+
+- Effects and the inbox row commit together, so a redelivered message is skipped.
+- A database outage is retried forever (raise → FastStream NACKs → the same offset is read
+  again): a referral is never dropped because PostgreSQL was restarting.
+- Any other failure is retried `max_attempts` times, then the message goes to `<topic>.dlq`
+  with `x-error` / `x-origin` headers and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.topics import dlq
+from services.shared.db import is_transient_db_error, transaction
+from services.shared.inbox import claim
+from services.shared.logging import get_logger
+from services.shared.outbox import enqueue
+
+log = get_logger(__name__)
+
+Work = Callable[[AsyncSession], Awaitable[None]]
+
+
+def origin(record: Any) -> str:
+    """`topic/partition/offset` of a consumer record."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class MessageConsumer:
+    """Runs one consumer's work for each message with at-least-once, idempotent semantics."""
+
+    def __init__(self, name: str, sessions: async_sessionmaker[AsyncSession], *, max_attempts: int = 5) -> None:
+        self.name = name
+        self._sessions = sessions
+        self._max_attempts = max_attempts
+        self._attempts: dict[str, int] = {}
+
+    async def process(self, record: Any, *, message_id: str, work: Work) -> bool:
+        """Apply `work` once for `message_id`; False if it was a duplicate or dead-lettered."""
+        key = origin(record)
+        try:
+            async with transaction(self._sessions) as session:
+                if not await claim(session, consumer=self.name, message_id=message_id):
+                    log.debug("consumer.duplicate_skipped", consumer=self.name)
+                    return False
+                await work(session)
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                log.warning("consumer.database_unavailable", consumer=self.name, error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                raise
+            attempts = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempts
+            if attempts < self._max_attempts:
+                log.warning("consumer.retry", consumer=self.name, attempt=attempts, error=repr(exc))
+                await asyncio.sleep(min(0.1 * 2**attempts, 5.0))
+                raise
+            log.error("consumer.dead_letter", consumer=self.name, attempts=attempts, error=repr(exc))
+            self._attempts.pop(key, None)
+            await self.dead_letter(record, f"{type(exc).__name__}: {exc}")
+            return False
+        self._attempts.pop(key, None)
+        return True
+
+    async def dead_letter(self, record: Any, error: str) -> None:
+        """Send the raw message to `<topic>.dlq` (once, even if this is itself redelivered)."""
+        where = origin(record)
+        async with transaction(self._sessions) as session:
+            if not await claim(session, consumer=self.name, message_id=f"dlq:{where}"):
+                return
+            await enqueue(
+                session,
+                topic=dlq(record.topic),
+                key=record.key,
+                payload=record.value or b"",
+                headers={"x-error": error[:1000], "x-origin": where, "x-consumer": self.name},
+            )
+        log.warning("consumer.dead_lettered", consumer=self.name, origin=where)

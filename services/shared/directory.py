@@ -1,0 +1,143 @@
+"""The station network and its users in the database: loading a network file, tokens, look-ups."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.network import NetworkFile
+from services.shared.tables import api_tokens, stations, users
+
+TIER_ORDER = {"city": 0, "county": 1, "township": 2, "village": 3}
+TOKEN_PREFIX = "clk_"
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated caller."""
+
+    id: str
+    role: str
+    station_id: str | None
+
+
+@dataclass(frozen=True)
+class StationRow:
+    """A station as the services need it."""
+
+    id: str
+    name: str
+    tier: str
+    parent_id: str | None
+
+
+async def load_network(session: AsyncSession, network: NetworkFile) -> tuple[int, int]:
+    """Create or update every station and user of a network file (idempotent); return their counts."""
+    # Parents before children, so the foreign key on parent_id holds row by row.
+    for station in sorted(network.stations, key=lambda s: TIER_ORDER[str(s.tier)]):
+        values: dict[str, Any] = {
+            "id": station.id,
+            "name": station.name,
+            "tier": str(station.tier),
+            "parent_id": station.parent,
+            "notify": [channel.model_dump(mode="json") for channel in station.notify],
+        }
+        await session.execute(
+            pg_insert(stations)
+            .values(values)
+            .on_conflict_do_update(index_elements=[stations.c.id], set_={**values, "updated_at": text("now()")})
+        )
+    for user in network.users:
+        user_values: dict[str, Any] = {
+            "id": user.id,
+            "name": user.name,
+            "role": str(user.role),
+            "station_id": user.station,
+            "specialties": [str(s) for s in user.specialties],
+            "certification": str(user.certification),
+            "capacity": user.capacity,
+            "on_duty": user.on_duty,
+            "notify": [channel.model_dump(mode="json") for channel in user.notify],
+        }
+        await session.execute(
+            pg_insert(users)
+            .values(user_values)
+            .on_conflict_do_update(index_elements=[users.c.id], set_={**user_values, "updated_at": text("now()")})
+        )
+    # Every worker has a load row from the start; load itself is the router's and is never reset here.
+    await session.execute(
+        text(
+            "INSERT INTO router.worker_load (worker_id, load, idle_since) "
+            "SELECT id, 0, now() FROM shared.users WHERE role = 'worker' ON CONFLICT (worker_id) DO NOTHING"
+        )
+    )
+    return len(network.stations), len(network.users)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_token(session: AsyncSession, *, user_id: str) -> str:
+    """Issue a new bearer token for a user; only its hash is stored."""
+    exists = (await session.execute(select(users.c.id).where(users.c.id == user_id))).first()
+    if exists is None:
+        raise LookupError(f"no user with id '{user_id}' (load the network file first)")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    await session.execute(api_tokens.insert().values(token_hash=hash_token(token), user_id=user_id))
+    return token
+
+
+async def revoke_tokens(session: AsyncSession, *, user_id: str) -> int:
+    """Revoke every live token of a user; return how many."""
+    result = await session.execute(
+        update(api_tokens)
+        .where(api_tokens.c.user_id == user_id, api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=text("now()"))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def authenticate(session: AsyncSession, token: str) -> User | None:
+    """The user a live token belongs to, or None."""
+    row = (
+        await session.execute(
+            select(users.c.id, users.c.role, users.c.station_id)
+            .join(api_tokens, api_tokens.c.user_id == users.c.id)
+            .where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
+        )
+    ).first()
+    return User(id=row.id, role=row.role, station_id=row.station_id) if row else None
+
+
+async def get_station(session: AsyncSession, station_id: str) -> StationRow | None:
+    """One station, or None."""
+    row = (
+        await session.execute(
+            select(stations.c.id, stations.c.name, stations.c.tier, stations.c.parent_id).where(
+                stations.c.id == station_id
+            )
+        )
+    ).first()
+    return StationRow(row.id, row.name, row.tier, row.parent_id) if row else None
+
+
+async def ancestors(session: AsyncSession, station_id: str) -> list[str]:
+    """The station and every station above it, nearest first."""
+    rows = await session.execute(
+        text(
+            "WITH RECURSIVE up(id, parent_id, depth) AS ("
+            " SELECT id, parent_id, 0 FROM shared.stations WHERE id = :id"
+            " UNION ALL SELECT s.id, s.parent_id, up.depth + 1 FROM shared.stations s JOIN up ON s.id = up.parent_id)"
+            " SELECT id FROM up ORDER BY depth"
+        ),
+        {"id": station_id},
+    )
+    return [row.id for row in rows]

@@ -1,0 +1,300 @@
+"""The network file (CONTRACT §5): stations, users and their notification channels, validated as a whole."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+# Local until schemas/enums.py lands; the lead unifies them.
+Tier = Literal["village", "township", "county", "city"]
+TIER_RANK: dict[str, int] = {"village": 0, "township": 1, "county": 2, "city": 3}
+TIER_LABEL: dict[str, str] = {
+    "village": "village room",
+    "township": "township station",
+    "county": "county hub",
+    "city": "city centre",
+}
+Role = Literal["worker", "supervisor", "system"]
+Certification = Literal["none", "assistant", "intermediate", "senior"]
+CERTIFICATION_RANK: dict[str, int] = {"none": 0, "assistant": 1, "intermediate": 2, "senior": 3}
+Category = Literal[
+    "social_assistance",
+    "elderly_care",
+    "child_protection",
+    "disability_support",
+    "mental_health",
+    "crisis_intervention",
+    "medical_social_work",
+    "family_support",
+    "livelihood",
+    "community_governance",
+    "resource_linkage",
+]
+CATEGORIES: tuple[str, ...] = get_args(Category)
+
+# Ids travel in URLs (webhook paths, REST routes) and Kafka keys, so they stay plain ASCII.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _email_address(value: str) -> str:
+    local, at, domain = value.partition("@")
+    if not (local and at and "." in domain) or any(c.isspace() for c in value):
+        raise ValueError(f"must be an email address, got {value!r}")
+    return value
+
+
+def _phone_number(value: str) -> str:
+    digits = value.removeprefix("+").replace("-", "").replace(" ", "")
+    if not (digits.isascii() and digits.isdigit() and 5 <= len(digits) <= 20):
+        raise ValueError(f"must be a phone number, got {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebhookChannel(_Strict):
+    channel: Literal["webhook"]
+    url: HttpUrl
+    secret: str | None = None
+
+
+class WecomChannel(_Strict):
+    channel: Literal["wecom"]
+    url: HttpUrl
+
+
+class DingtalkChannel(_Strict):
+    channel: Literal["dingtalk"]
+    url: HttpUrl
+    secret: str | None = None
+
+
+class EmailChannel(_Strict):
+    channel: Literal["email"]
+    address: Annotated[str, AfterValidator(_email_address)]
+
+
+class SmsChannel(_Strict):
+    channel: Literal["sms"]
+    phone: Annotated[str, AfterValidator(_phone_number)]
+    template_id: str | None = None
+
+
+class InappChannel(_Strict):
+    channel: Literal["inapp"]
+
+
+NotifyChannel = Annotated[
+    WebhookChannel | WecomChannel | DingtalkChannel | EmailChannel | SmsChannel | InappChannel,
+    Field(discriminator="channel"),
+]
+
+
+class StationSpec(_Strict):
+    id: Id
+    name: Name
+    tier: Tier
+    parent: Id | None = None
+    notify: list[NotifyChannel] = []
+
+
+class UserSpec(_Strict):
+    id: Id
+    name: Name
+    station: Id | None = None
+    role: Role
+    specialties: list[Category] = []
+    certification: Certification = "none"
+    capacity: int = Field(default=0, ge=0)
+    on_duty: bool = True
+    notify: list[NotifyChannel] = []
+
+
+class _CrossCheckFailed(ValueError):
+    """Carries every cross-check error at once, so a file's author fixes them in one pass."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class NetworkFile(_Strict):
+    stations: list[StationSpec] = []
+    users: list[UserSpec] = []
+
+    @model_validator(mode="after")
+    def _check_references_and_tiers(self) -> NetworkFile:
+        errors = _station_errors(self.stations) + _user_errors(self.users, self.stations)
+        if errors:
+            raise _CrossCheckFailed(errors)
+        return self
+
+    def stations_top_down(self) -> list[StationSpec]:
+        """Return the stations ordered so that every parent comes before its children."""
+        return sorted(self.stations, key=lambda s: -TIER_RANK[s.tier])
+
+    def dump_yaml(self) -> str:
+        """Render the network as YAML that parse_network reads back to an equal NetworkFile."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, default_flow_style=None, width=120)
+
+
+def _station_errors(stations: list[StationSpec]) -> list[str]:
+    errors: list[str] = []
+    first_index: dict[str, int] = {}
+    for i, station in enumerate(stations):
+        if station.id in first_index:
+            first = first_index[station.id]
+            errors.append(f"stations[{i}] ({station.id}).id: duplicate station id, first at stations[{first}]")
+        else:
+            first_index[station.id] = i
+    by_id = {s.id: s for s in reversed(stations)}
+
+    for i, station in enumerate(stations):
+        error = _parent_error(station, by_id)
+        if error:
+            errors.append(f"stations[{i}] ({station.id}).parent: {error}")
+
+    in_reported_cycle: set[str] = set()
+    for station in stations:
+        chain: list[str] = []
+        current: str | None = station.id
+        while current is not None and current in by_id and current not in chain:
+            chain.append(current)
+            current = by_id[current].parent
+        if current is None or current not in chain:
+            continue
+        cycle = chain[chain.index(current) :]
+        if in_reported_cycle.isdisjoint(cycle):
+            in_reported_cycle.update(cycle)
+            path = " -> ".join([*cycle, current])
+            errors.append(f"stations[{first_index[current]}] ({current}).parent: cycle {path}")
+    return errors
+
+
+def _parent_error(station: StationSpec, by_id: dict[str, StationSpec]) -> str | None:
+    label = TIER_LABEL[station.tier]
+    if station.tier == "city":
+        return f"a city centre has no parent, got {station.parent!r}" if station.parent else None
+    expected = {"county": "city", "township": "county", "village": "township"}[station.tier]
+    if station.parent is None:
+        # A county hub may head a network on its own; below it every station needs its hub.
+        return None if station.tier == "county" else f"a {label} needs a parent {expected} station"
+    parent = by_id.get(station.parent)
+    if parent is None:
+        return f"unknown station {station.parent!r}"
+    if parent.tier != expected:
+        return f"a {label}'s parent must be a {expected} station, {parent.id!r} is a {TIER_LABEL[parent.tier]}"
+    return None
+
+
+def _user_errors(users: list[UserSpec], stations: list[StationSpec]) -> list[str]:
+    errors: list[str] = []
+    station_ids = {s.id for s in stations}
+    first_index: dict[str, int] = {}
+    for i, user in enumerate(users):
+        where = f"users[{i}] ({user.id})"
+        if user.id in first_index:
+            errors.append(f"{where}.id: duplicate user id, first at users[{first_index[user.id]}]")
+        else:
+            first_index[user.id] = i
+        if user.station is None:
+            if user.role != "system":
+                errors.append(f"{where}.station: a {user.role} needs a home station")
+        elif user.station not in station_ids:
+            errors.append(f"{where}.station: unknown station {user.station!r}")
+        if user.role == "worker":
+            if user.capacity <= 0:
+                errors.append(f"{where}.capacity: a worker needs capacity > 0")
+            if not user.specialties:
+                errors.append(f"{where}.specialties: a worker needs at least one specialty")
+    return errors
+
+
+class NetworkFileError(ValueError):
+    """A network file that cannot be used; `errors` lists every problem found, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parse_network(text: str) -> NetworkFile:
+    """Parse and validate the YAML text of a network file."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise NetworkFileError([f"invalid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise NetworkFileError(["a network file is a mapping with 'stations' and 'users'"])
+    try:
+        return NetworkFile.model_validate(data)
+    except ValidationError as exc:
+        raise NetworkFileError(_describe(exc, data)) from exc
+
+
+def load_network_file(path: str | os.PathLike[str]) -> NetworkFile:
+    """Read, parse and validate a network file; errors are prefixed with the path."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NetworkFileError([f"{os.fspath(path)}: cannot read: {exc}"]) from exc
+    try:
+        return parse_network(text)
+    except NetworkFileError as exc:
+        raise NetworkFileError([f"{os.fspath(path)}: {line}" for line in exc.errors]) from exc
+
+
+def _describe(exc: ValidationError, data: Any) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors():
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _CrossCheckFailed):
+            lines.extend(cause.errors)
+            continue
+        message = str(cause) if error["type"] == "value_error" and cause else error["msg"]
+        where = _describe_location(error["loc"], data)
+        lines.append(f"{where}: {message}" if where else message)
+    return lines
+
+
+def _describe_location(loc: tuple[int | str, ...], data: Any) -> str:
+    """Turn ('users', 3, 'notify', 0, 'webhook', 'url') into 'users[3] (w-0004).notify[0].url'."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("id"), str):
+                out += f" ({node['id']})"
+            continue
+        if isinstance(node, dict) and part not in node and node.get("channel") == part:
+            continue  # the discriminated union's tag, not a key the author wrote
+        out += f".{part}" if out else part
+        node = node.get(part) if isinstance(node, dict) else None
+    return out

@@ -1,0 +1,176 @@
+"""The transactional outbox: events are written in the same transaction as the state they describe,
+and one relay publishes them to Kafka after commit.
+
+Exactly one relay is active per database (a session-level advisory lock elects it); the others
+stand by and take over within one poll interval if it dies. A single relay publishing in id order
+through one producer keeps each case's events in `sequence` order on its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.events import CaseEvent, EventSource, new_event
+from schemas.topics import CASE_EVENTS
+from services.shared.db import asyncpg_dsn
+from services.shared.logging import get_logger
+from services.shared.tables import case_sequences, outbox
+
+log = get_logger(__name__)
+
+NOTIFY_CHANNEL = "caselink_outbox"
+# Any constant shared by every relay process; the value only has to be unique within this database.
+RELAY_LOCK_KEY = 0x0CA5E11
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    topic: str,
+    key: str | bytes | None,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Add one message to the outbox; it is published only if the surrounding transaction commits."""
+    raw_key = key.encode() if isinstance(key, str) else key
+    await session.execute(insert(outbox).values(topic=topic, key=raw_key, payload=payload, headers=headers or {}))
+    # NOTIFY is delivered at commit, and duplicates within one transaction are folded into one.
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+async def next_sequence(session: AsyncSession, case_id: str) -> int:
+    """Reserve the next event sequence number of a case.
+
+    The upsert locks the case's row until commit, so a second transaction emitting for the same
+    case waits here: sequences are gap-free (a rollback returns the number) and commit in order.
+    """
+    statement = (
+        pg_insert(case_sequences)
+        .values(case_id=case_id, last_sequence=1)
+        .on_conflict_do_update(
+            index_elements=[case_sequences.c.case_id],
+            set_={"last_sequence": case_sequences.c.last_sequence + 1},
+        )
+        .returning(case_sequences.c.last_sequence)
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def emit_case_event(session: AsyncSession, name: str, *, source: EventSource, data: dict[str, Any]) -> CaseEvent:
+    """Build the next event of a case (sequence assigned here) and put it in the outbox."""
+    data = {**data, "sequence": await next_sequence(session, data["case_id"])}
+    event = new_event(name, source=source, data=data)
+    await enqueue(
+        session,
+        topic=CASE_EVENTS,
+        key=event.subject,
+        payload=event.model_dump_json().encode(),
+        headers={"ce_type": event.type, "ce_id": str(event.id)},
+    )
+    return event
+
+
+async def pending_count(session: AsyncSession) -> int:
+    """How many messages wait in the outbox (for metrics and tests)."""
+    return int((await session.execute(select(func.count()).select_from(outbox))).scalar_one())
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to Kafka in id order, deleting them once the broker acked."""
+
+    def __init__(
+        self,
+        database_url: str,
+        producer: AIOKafkaProducer,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._dsn = asyncpg_dsn(database_url)
+        self.producer = producer
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.is_leader = False
+        self.published = 0
+
+    def start(self) -> None:
+        """Run the relay in the background."""
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        """Stop after the batch in flight (unpublished rows stay for the next relay)."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = self._poll_interval
+        while True:
+            try:
+                await self._lead_or_stand_by()
+                backoff = self._poll_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database or broker gone: retry, never give up on the outbox
+                self.is_leader = False
+                log.warning("outbox.relay_error", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _lead_or_stand_by(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        try:
+            # Stand by until the active relay's session ends (its lock is released with it).
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):  # noqa: ASYNC110
+                await asyncio.sleep(self._poll_interval)
+            self.is_leader = True
+            log.info("outbox.relay_leading")
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+            while True:
+                self._wake.clear()
+                if await self._publish_batch(conn) < self._batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        finally:
+            self.is_leader = False
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close(timeout=2))
+
+    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        rows = await conn.fetch(
+            "SELECT id, topic, key, payload, headers FROM shared.outbox ORDER BY id LIMIT $1", self._batch_size
+        )
+        if not rows:
+            return 0
+        # Pipelined: every send is queued before any is awaited; the producer batches them.
+        # If any send fails, nothing is deleted and the whole batch goes again: duplicates are
+        # possible (consumers dedupe by event id), losses and reordering within a case are not.
+        futures = [
+            await self.producer.send(
+                row["topic"],
+                value=bytes(row["payload"]),
+                key=bytes(row["key"]) if row["key"] is not None else None,
+                headers=[(k, str(v).encode()) for k, v in _headers(row["headers"]).items()],
+            )
+            for row in rows
+        ]
+        await asyncio.gather(*futures)
+        await conn.execute("DELETE FROM shared.outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+        self.published += len(rows)
+        return len(rows)
+
+
+def _headers(raw: Any) -> dict[str, Any]:
+    return json.loads(raw) if isinstance(raw, str) else dict(raw or {})

@@ -1,0 +1,108 @@
+"""What every caselink service process holds: engine, FastStream broker, outbox relay; and how it
+starts, stops and answers readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.shared.db import create_engine, session_factory
+from services.shared.kafka import make_broker, make_producer
+from services.shared.logging import get_logger
+from services.shared.outbox import OutboxRelay
+from services.shared.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The infrastructure handles of one service process."""
+
+    service: str
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    broker: KafkaBroker
+    relay: OutboxRelay
+
+    def subscriber_options(self, group: str) -> dict[str, Any]:
+        """Consumer options shared by every subscriber: a group, manual commits after processing."""
+        return {
+            "group_id": group,
+            "auto_offset_reset": self.settings.kafka_auto_offset_reset,
+            # Commit only after the handler's transaction committed; on error re-read the same offset.
+            "ack_policy": AckPolicy.NACK_ON_ERROR,
+        }
+
+    async def start(self) -> None:
+        """Connect the producer, start the relay, then start consuming."""
+        await self.relay.producer.start()
+        self.relay.start()
+        await self.broker.start()
+        log.info("service.started")
+
+    async def stop(self) -> None:
+        """Stop consuming first (in-flight handlers finish and commit), then the relay, then the pools."""
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        await self.relay.stop()
+        with contextlib.suppress(Exception):
+            await self.relay.producer.stop()
+        await self.engine.dispose()
+        log.info("service.stopped")
+
+    async def ready(self) -> dict[str, bool]:
+        """Whether the database and the broker answer."""
+        checks = {"database": False, "broker": False}
+        with contextlib.suppress(Exception):
+            async with self.sessions() as session:
+                await asyncio.wait_for(session.execute(text("SELECT 1")), 2)
+            checks["database"] = True
+        with contextlib.suppress(Exception):
+            checks["broker"] = await self.broker.ping(timeout=2)
+        return checks
+
+
+def build_runtime(service: str, settings: Settings) -> Runtime:
+    """Create (not start) the handles of a service from the settings."""
+    database_url, bootstrap = settings.require_infrastructure()
+    client_id = f"caselink-{service}"
+    engine = create_engine(settings, url=database_url)
+    producer = make_producer(settings, bootstrap, client_id=f"{client_id}-relay")
+    relay = OutboxRelay(
+        database_url,
+        producer,
+        batch_size=settings.outbox_batch_size,
+        poll_interval=settings.outbox_poll_interval,
+    )
+    return Runtime(
+        service=service,
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        broker=make_broker(settings, bootstrap, client_id=client_id),
+        relay=relay,
+    )
+
+
+async def serve_until_signalled(runtime: Runtime) -> None:
+    """Run a consumer-only service until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("service.stopping")
+        await runtime.stop()

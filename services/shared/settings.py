@@ -1,0 +1,74 @@
+"""The one settings object of caselink: every knob, read from CASELINK_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by every caselink service; see README § Configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="CASELINK_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="postgresql+asyncpg://… ; unset under `caselink dev` = embedded PostgreSQL"
+    )
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; unset under `caselink dev` = embedded Tansu"
+    )
+    # Apache Kafka wants idempotent producers; Tansu rejects InitProducerId, so the embedded stack turns it off.
+    kafka_enable_idempotence: bool = True
+    kafka_client_id: str = "caselink"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_linger_ms: int = 5
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+    policy: Path | None = Field(default=None, description="routing policy YAML; unset = the packaged default")
+    # Keyed hash of resident identity: events carry resident_ref, never the identity itself.
+    resident_ref_key: str = "caselink-dev-only-resident-key"
+
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+    outbox_batch_size: int = 500
+    outbox_poll_interval: float = 1.0
+    consumer_max_attempts: int = 5
+    db_pool_size: int = 10
+
+    webhook_timeout: float = 5.0
+    notify_attempts: int = 4
+    notify_base_delay: float = 0.5
+
+    demo_inbox: bool = Field(default=False, description="serve /dev/inbox, the demo network's webhook sink")
+
+    def require_infrastructure(self) -> tuple[str, str]:
+        """Return (database_url, kafka_bootstrap), or fail naming the missing variable."""
+        missing = [
+            name
+            for name, value in (
+                ("CASELINK_DATABASE_URL", self.database_url),
+                ("CASELINK_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+            )
+            if not value
+        ]
+        if missing:
+            raise SystemExit(f"{' and '.join(missing)} must be set (or use `caselink dev` for embedded infrastructure)")
+        assert self.database_url and self.kafka_bootstrap
+        return self.database_url, self.kafka_bootstrap
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,305 @@
+"""Webhook delivery against a real HTTP server on 127.0.0.1: bytes, signature, retries, give-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+
+import httpx
+import pytest
+
+from services.notifier.channels import (
+    UnsupportedChannel,
+    WebhookChannel,
+    build_channels,
+    channel_for,
+    deliver_with_retries,
+    encode_body,
+    sign,
+    verify_signature,
+)
+from services.notifier.domain import ASSIGNED, ChannelConfig, Push, Recipient, RetryPolicy, plan_pushes
+
+SECRET = "s3cret-长密钥"
+NO_JITTER = RetryPolicy(attempts=4, base_delay=0.5, max_delay=30.0, jitter=0.0)
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A tiny HTTP/1.1 webhook receiver that records requests and fails or hangs on demand."""
+
+    def __init__(self) -> None:
+        self.requests: list[ReceivedRequest] = []
+        self._script: deque[int | None] = deque()  # a status to answer, or None to hang
+        self._release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    def fail(self, times: int, status: int = 503) -> None:
+        """Answer the next `times` requests with `status`; later ones get 200."""
+        self._script.extend([status] * times)
+
+    def hang(self, times: int) -> None:
+        """Never answer the next `times` requests."""
+        self._script.extend([None] * times)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        self._release.set()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = request_line.split(" ", 2)
+            headers = {}
+            for line in filter(None, header_lines):
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.requests.append(ReceivedRequest(method, path, headers, body))
+            status = self._script.popleft() if self._script else 200
+            if status is None:
+                await self._release.wait()
+                return
+            phrase = HTTPStatus(status).phrase
+            writer.write(f"HTTP/1.1 {status} {phrase}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class FakeSleep:
+    """Records requested back-off delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    # trust_env=False: a proxy from the environment must not intercept 127.0.0.1.
+    async with httpx.AsyncClient(trust_env=False) as http:
+        yield http
+
+
+def _push(url: str, secret: str | None = SECRET) -> Push:
+    config = ChannelConfig(channel="webhook", url=url, secret=secret)
+    data = {
+        "case_id": "c-20240603-0001",
+        "status": "offered",
+        "tier": "township",
+        "station_id": "T-360402101",
+        "category": "elderly_care",
+        "risk_level": "high",
+        "resident_ref": "rr-9c1f0e7a",
+        "sequence": 3,
+        "worker_id": "w-0001",
+        "accept_by": "2024-06-03T06:30:00Z",
+    }
+    recipient = Recipient(id="w-0001", kind="user", channels=[config])
+    [push] = plan_pushes(ASSIGNED, data, "0b8f7a43-5a43-4e2a-9d8e-1f0c2b3a4d5e", [recipient])
+    return push
+
+
+async def test_webhook_posts_the_exact_canonical_body_with_delivery_headers(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    push = _push(f"{receiver.url}/hooks/w-0001")
+
+    result = await WebhookChannel(client, timeout=5.0).send(push)
+
+    assert result.ok and result.status == 200 and result.error is None
+    [request] = receiver.requests
+    assert (request.method, request.path) == ("POST", "/hooks/w-0001")
+    assert request.body == encode_body(push.body)
+    assert json.loads(request.body) == push.body
+    assert "养老服务".encode() in request.body  # UTF-8 on the wire, not \u escapes
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == "caselink-notifier/1"
+    assert request.headers["x-caselink-delivery"] == str(push.delivery_id)
+
+
+async def test_signature_header_verifies_against_the_received_raw_body(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    await WebhookChannel(client, timeout=5.0).send(_push(f"{receiver.url}/hooks/w-0001"))
+
+    [request] = receiver.requests
+    header = request.headers["x-caselink-signature"]
+    assert header.startswith("sha256=")
+    assert verify_signature(request.body, SECRET, header)
+    assert not verify_signature(request.body, "wrong-secret", header)
+    assert not verify_signature(request.body.replace(b"high", b"low"), SECRET, header)
+
+
+async def test_signature_header_is_omitted_when_the_channel_has_no_secret(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    await WebhookChannel(client, timeout=5.0).send(_push(f"{receiver.url}/hooks/w-0001", secret=None))
+
+    [request] = receiver.requests
+    assert "x-caselink-signature" not in request.headers
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+async def test_any_2xx_answer_counts_as_delivered(receiver: Receiver, client: httpx.AsyncClient, status: int) -> None:
+    receiver.fail(1, status)
+    result = await WebhookChannel(client, timeout=5.0).send(_push(f"{receiver.url}/hook"))
+    assert result.ok and result.status == status
+
+
+async def test_failing_receiver_is_retried_until_delivered_with_the_same_delivery_id(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    receiver.fail(2, 503)
+    sleep = FakeSleep()
+    push = _push(f"{receiver.url}/hook")
+
+    result, attempts = await deliver_with_retries(WebhookChannel(client, 5.0), push, NO_JITTER, sleep=sleep)
+
+    assert result.ok and attempts == 3
+    assert sleep.delays == [0.5, 1.0]
+    assert [r.headers["x-caselink-delivery"] for r in receiver.requests] == [str(push.delivery_id)] * 3
+    assert len({r.body for r in receiver.requests}) == 1
+    assert len({r.headers["x-caselink-signature"] for r in receiver.requests}) == 1
+
+
+async def test_delivery_gives_up_after_the_policy_attempts_are_used(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    receiver.fail(10, 500)
+    sleep = FakeSleep()
+
+    result, attempts = await deliver_with_retries(
+        WebhookChannel(client, 5.0),
+        _push(f"{receiver.url}/hook"),
+        NO_JITTER,
+        sleep=sleep,
+        rng=random.Random(1),
+    )
+
+    assert (result.ok, result.status, result.retryable) == (False, 500, True)
+    assert attempts == 4 and len(receiver.requests) == 4
+    assert sleep.delays == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410, 422, 301])
+async def test_client_errors_are_not_retried(receiver: Receiver, client: httpx.AsyncClient, status: int) -> None:
+    receiver.fail(1, status)
+    sleep = FakeSleep()
+
+    result, attempts = await deliver_with_retries(
+        WebhookChannel(client, 5.0), _push(f"{receiver.url}/hook"), NO_JITTER, sleep=sleep
+    )
+
+    assert (result.ok, result.status, result.retryable) == (False, status, False)
+    assert attempts == 1 and len(receiver.requests) == 1 and sleep.delays == []
+    assert str(status) in (result.error or "")
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_timeout_rate_limit_and_server_errors_are_retried(
+    receiver: Receiver, client: httpx.AsyncClient, status: int
+) -> None:
+    receiver.fail(1, status)
+
+    result, attempts = await deliver_with_retries(
+        WebhookChannel(client, 5.0), _push(f"{receiver.url}/hook"), NO_JITTER, sleep=FakeSleep()
+    )
+
+    assert result.ok and attempts == 2
+
+
+async def test_receiver_that_does_not_answer_in_time_is_retried_with_the_same_delivery_id(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    receiver.hang(1)
+    channel = WebhookChannel(client, timeout=0.3)
+    push = _push(f"{receiver.url}/hook")
+
+    first = await channel.send(push)
+    assert (first.ok, first.retryable, first.status) == (False, True, None)
+    assert "timed out" in (first.error or "")
+
+    receiver.hang(1)
+    result, attempts = await deliver_with_retries(channel, push, NO_JITTER, sleep=FakeSleep())
+    assert result.ok and attempts == 2
+    assert {r.headers["x-caselink-delivery"] for r in receiver.requests} == {str(push.delivery_id)}
+
+
+async def test_unreachable_receiver_is_a_retryable_failure(client: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # The port was free a moment ago and nothing listens on it now: connection refused.
+
+    result = await WebhookChannel(client, 2.0).send(_push(f"http://127.0.0.1:{port}/hook"))
+
+    assert (result.ok, result.status, result.retryable) == (False, None, True)
+    assert "Connect" in (result.error or "")
+
+
+async def test_webhook_without_a_url_fails_without_retry(client: httpx.AsyncClient) -> None:
+    push = replace(_push("http://unused"), channel=ChannelConfig(channel="webhook", url=None))
+
+    result, attempts = await deliver_with_retries(WebhookChannel(client, 1.0), push, NO_JITTER, sleep=FakeSleep())
+
+    assert (result.ok, result.retryable, attempts) == (False, False, 1)
+    assert result.error == "webhook channel has no url"
+
+
+async def test_unsupported_channel_fails_at_once_with_a_clear_error(client: httpx.AsyncClient) -> None:
+    channels = build_channels(client)
+    sms = channel_for(channels, "sms")
+    sleep = FakeSleep()
+
+    result, attempts = await deliver_with_retries(sms, _push("http://unused"), NO_JITTER, sleep=sleep)
+
+    assert isinstance(channels["webhook"], WebhookChannel)
+    assert isinstance(sms, UnsupportedChannel) and sms.name == "sms"
+    assert (result.ok, result.retryable, attempts, sleep.delays) == (False, False, 1, [])
+    assert result.error == "channel 'sms' is not supported yet"
+
+
+def test_signature_accepts_uppercase_hex_and_rejects_malformed_headers() -> None:
+    body = b'{"case_id":"c-1"}'
+    good = sign(body, SECRET)
+
+    assert verify_signature(body, SECRET, good.upper().replace("SHA256=", "sha256="))
+    assert verify_signature(body, SECRET, f"  {good} ")
+    for bad in ["", "sha256=", good.replace("sha256=", "sha1="), "sha256=zz", "sha256=é" + good[8:]]:
+        assert not verify_signature(body, SECRET, bad)
