@@ -9,16 +9,14 @@ from typing import cast
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 from faststream.kafka.annotations import KafkaMessage
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import parse_case_event
 from schemas.topics import CASE_EVENTS, REFERRALS_SUBMITTED
 from services.intake import handlers
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission
 from services.intake.errors import install_error_handlers
-from services.shared.consuming import MessageConsumer, origin
+from services.shared.consuming import MessageConsumer, decode_case_event, origin
 from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
@@ -66,10 +64,8 @@ def register_consumers(runtime: Runtime) -> None:
     async def on_case_event(msg: KafkaMessage) -> None:
         record = cast(ConsumerRecord, msg.raw_message)
         clear_message_context()
-        try:
-            event = parse_case_event(record.value)
-        except ValidationError as exc:
-            await projection.dead_letter(record, f"undecodable case event: {exc.error_count()} errors")
+        event = await decode_case_event(projection, record)
+        if event is None:
             return
         bind_message_context(case_id=event.subject, event_id=str(event.id))
         await projection.process(

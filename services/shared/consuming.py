@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from schemas.events import EVENT_CLASSES, CaseEvent, event_type, parse_case_event
 from schemas.topics import dlq
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.inbox import claim
@@ -23,7 +26,7 @@ from services.shared.outbox import enqueue
 
 log = get_logger(__name__)
 
-Work = Callable[[AsyncSession], Awaitable[None]]
+Work = Callable[[AsyncSession], Awaitable[object]]
 
 
 def origin(record: Any) -> str:
@@ -81,3 +84,23 @@ class MessageConsumer:
                 headers={"x-error": error[:1000], "x-origin": where, "x-consumer": self.name},
             )
         log.warning("consumer.dead_lettered", consumer=self.name, origin=where)
+
+
+_KNOWN_TYPES = frozenset(event_type(name) for name in EVENT_CLASSES)
+
+
+async def decode_case_event(consumer: MessageConsumer, record: Any) -> CaseEvent | None:
+    """The case event in a record, or None: undecodable ones are dead-lettered, and types this
+    version does not know (a newer producer's `.v2`) are skipped, as schema evolution allows."""
+    try:
+        return parse_case_event(record.value)
+    except ValidationError as exc:
+        try:
+            type_ = json.loads(record.value).get("type")
+        except (ValueError, AttributeError, TypeError):
+            type_ = None
+        if isinstance(type_, str) and type_.startswith("caselink.case.") and type_ not in _KNOWN_TYPES:
+            log.debug("consumer.unknown_type_skipped", consumer=consumer.name, type=type_)
+            return None
+        await consumer.dead_letter(record, f"undecodable case event ({exc.error_count()} errors)")
+        return None

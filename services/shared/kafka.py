@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from schemas.topics import TOPIC_PARTITIONS
 from services.shared.logging import get_logger
@@ -31,6 +32,24 @@ def _security(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _faststream_security(settings: Settings) -> BaseSecurity | None:
+    """The same security settings in FastStream's form."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ssl_context = _security(settings).get("ssl_context")
+    if not settings.kafka_sasl_mechanism:
+        return BaseSecurity(ssl_context=ssl_context)
+    sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    if settings.kafka_sasl_mechanism not in sasl:
+        raise SystemExit(f"CASELINK_KAFKA_SASL_MECHANISM must be one of {', '.join(sasl)}")
+    return sasl[settings.kafka_sasl_mechanism](
+        username=settings.kafka_sasl_username or "",
+        password=settings.kafka_sasl_password or "",
+        ssl_context=ssl_context,
+        use_ssl=settings.kafka_security_protocol == "SASL_SSL",
+    )
+
+
 def make_producer(settings: Settings, bootstrap: str, *, client_id: str) -> AIOKafkaProducer:
     """The producer the outbox relay publishes through (acks=all; idempotent where the broker allows)."""
     return AIOKafkaProducer(
@@ -52,7 +71,7 @@ def make_broker(settings: Settings, bootstrap: str, *, client_id: str) -> KafkaB
         enable_idempotence=settings.kafka_enable_idempotence,
         allow_auto_create_topics=False,
         logger=None,
-        **_security(settings),
+        security=_faststream_security(settings),
     )
 
 

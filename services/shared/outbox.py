@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import CaseEvent, EventSource, new_event
+from schemas.events import STATUS_AFTER, CaseEvent, EventSource, new_event
 from schemas.topics import CASE_EVENTS
 from services.shared.db import asyncpg_dsn
 from services.shared.logging import get_logger
-from services.shared.tables import case_sequences, outbox
+from services.shared.tables import case_heads, outbox
 
 log = get_logger(__name__)
 
@@ -47,27 +48,41 @@ async def enqueue(
     await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
-async def next_sequence(session: AsyncSession, case_id: str) -> int:
-    """Reserve the next event sequence number of a case.
+async def _advance_head(session: AsyncSession, data: dict[str, Any], *, moves_case: bool) -> dict[str, Any]:
+    """Take the case's next sequence number and return the data completed with it.
 
-    The upsert locks the case's row until commit, so a second transaction emitting for the same
-    case waits here: sequences are gap-free (a rollback returns the number) and commit in order.
+    The upsert locks the case's head row until commit, so a second transaction emitting for the
+    same case waits here: sequences are gap-free (a rollback returns the number) and commit in order.
     """
-    statement = (
-        pg_insert(case_sequences)
-        .values(case_id=case_id, last_sequence=1)
-        .on_conflict_do_update(
-            index_elements=[case_sequences.c.case_id],
-            set_={"last_sequence": case_sequences.c.last_sequence + 1},
+    heads = case_heads.c
+    if moves_case:
+        position = {"status": str(data["status"]), "tier": str(data["tier"]), "station_id": data["station_id"]}
+        statement = (
+            pg_insert(case_heads)
+            .values(case_id=data["case_id"], last_sequence=1, **position)
+            .on_conflict_do_update(
+                index_elements=[heads.case_id], set_={"last_sequence": heads.last_sequence + 1, **position}
+            )
+            .returning(heads.last_sequence)
         )
-        .returning(case_sequences.c.last_sequence)
+        return {**data, "sequence": int((await session.execute(statement)).scalar_one())}
+    keep = (
+        update(case_heads)
+        .where(heads.case_id == data["case_id"])
+        .values(last_sequence=heads.last_sequence + 1)
+        .returning(heads.last_sequence, heads.status, heads.tier, heads.station_id)
     )
-    return int((await session.execute(statement)).scalar_one())
+    row = (await session.execute(keep)).one()
+    return {**data, "sequence": row.last_sequence, "status": row.status, "tier": row.tier, "station_id": row.station_id}
 
 
 async def emit_case_event(session: AsyncSession, name: str, *, source: EventSource, data: dict[str, Any]) -> CaseEvent:
-    """Build the next event of a case (sequence assigned here) and put it in the outbox."""
-    data = {**data, "sequence": await next_sequence(session, data["case_id"])}
+    """Build the next event of a case and put it in the outbox.
+
+    The sequence is assigned here. For events that keep the case where it is (notified, sla_*),
+    status, tier and station are taken from the case's head and need not be given.
+    """
+    data = await _advance_head(session, data, moves_case=STATUS_AFTER[name] is not None)
     event = new_event(name, source=source, data=data)
     await enqueue(
         session,
@@ -90,13 +105,14 @@ class OutboxRelay:
     def __init__(
         self,
         database_url: str,
-        producer: AIOKafkaProducer,
+        make_producer: Callable[[], AIOKafkaProducer],
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
     ) -> None:
         self._dsn = asyncpg_dsn(database_url)
-        self.producer = producer
+        self._make_producer = make_producer
+        self.producer: AIOKafkaProducer | None = None
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
@@ -104,8 +120,10 @@ class OutboxRelay:
         self.is_leader = False
         self.published = 0
 
-    def start(self) -> None:
-        """Run the relay in the background."""
+    async def start(self) -> None:
+        """Connect the producer (aiokafka wants a running loop for that) and relay in the background."""
+        self.producer = self._make_producer()
+        await self.producer.start()
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
@@ -114,6 +132,9 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
 
     async def _run(self) -> None:
         backoff = self._poll_interval
@@ -154,6 +175,7 @@ class OutboxRelay:
         )
         if not rows:
             return 0
+        assert self.producer is not None, "start() connects the producer"
         # Pipelined: every send is queued before any is awaited; the producer batches them.
         # If any send fails, nothing is deleted and the whole batch goes again: duplicates are
         # possible (consumers dedupe by event id), losses and reordering within a case are not.

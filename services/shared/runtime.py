@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from faststream import AckPolicy
@@ -33,6 +35,7 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     broker: KafkaBroker
     relay: OutboxRelay
+    closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     def subscriber_options(self, group: str) -> dict[str, Any]:
         """Consumer options shared by every subscriber: a group, manual commits after processing."""
@@ -45,8 +48,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Connect the producer, start the relay, then start consuming."""
-        await self.relay.producer.start()
-        self.relay.start()
+        await self.relay.start()
         await self.broker.start()
         log.info("service.started")
 
@@ -55,8 +57,9 @@ class Runtime:
         with contextlib.suppress(Exception):
             await self.broker.stop()
         await self.relay.stop()
-        with contextlib.suppress(Exception):
-            await self.relay.producer.stop()
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                await close()
         await self.engine.dispose()
         log.info("service.stopped")
 
@@ -77,10 +80,9 @@ def build_runtime(service: str, settings: Settings) -> Runtime:
     database_url, bootstrap = settings.require_infrastructure()
     client_id = f"caselink-{service}"
     engine = create_engine(settings, url=database_url)
-    producer = make_producer(settings, bootstrap, client_id=f"{client_id}-relay")
     relay = OutboxRelay(
         database_url,
-        producer,
+        lambda: make_producer(settings, bootstrap, client_id=f"{client_id}-relay"),
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval,
     )
@@ -94,13 +96,16 @@ def build_runtime(service: str, settings: Settings) -> Runtime:
     )
 
 
-async def serve_until_signalled(runtime: Runtime) -> None:
-    """Run a consumer-only service until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve_until_signalled(factory: Callable[[], Runtime], *, ready_file: Path | None = None) -> None:
+    """Build and run a consumer-only service until SIGTERM or SIGINT, then shut down gracefully."""
+    runtime = factory()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    if ready_file:
+        await asyncio.to_thread(ready_file.touch)
     try:
         await stop.wait()
     finally:

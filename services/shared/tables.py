@@ -82,12 +82,17 @@ inbox = Table(
     schema="shared",
 )
 
-case_sequences = Table(
-    "case_sequences",
+case_heads = Table(
+    "case_heads",
     metadata,
-    # The row lock taken when a transaction increments this makes per-case sequences gap-free
-    # and ordered across services: the next event of a case cannot commit before the previous one.
+    # The row lock taken when a transaction emits an event for a case makes per-case sequences
+    # gap-free and ordered across services: the next event cannot commit before the previous one.
+    # status/tier/station are the case's position after its latest event, so events that keep the
+    # status (notified, sla_*) report where the case is now, not where it was when they were caused.
     Column("case_id", Text, primary_key=True),
     Column("last_sequence", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("station_id", Text, nullable=False),
     schema="shared",
 )

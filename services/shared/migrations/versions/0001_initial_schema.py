@@ -138,10 +138,13 @@ def upgrade() -> None:
         schema="router",
     )
     op.create_table(
-        "case_sequences",
+        "case_heads",
         sa.Column("case_id", sa.Text(), nullable=False),
         sa.Column("last_sequence", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("case_id", name=op.f("pk_case_sequences")),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("tier", sa.Text(), nullable=False),
+        sa.Column("station_id", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("case_id", name=op.f("pk_case_heads")),
         schema="shared",
     )
     op.create_table(
@@ -211,7 +214,7 @@ def downgrade() -> None:
     op.drop_table("stations", schema="shared")
     op.drop_table("outbox", schema="shared")
     op.drop_table("inbox", schema="shared")
-    op.drop_table("case_sequences", schema="shared")
+    op.drop_table("case_heads", schema="shared")
     op.drop_table("worker_load", schema="router")
     op.drop_index(op.f("ix_offers_resident_ref_worker_id"), table_name="offers", schema="router")
     op.drop_index(op.f("ix_offers_case_id"), table_name="offers", schema="router")

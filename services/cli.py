@@ -1,0 +1,164 @@
+"""The `caselink` command line (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from services.shared.logging import configure_logging
+from services.shared.settings import Settings, get_settings
+
+
+def _run_intake(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from services.intake.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+    )
+    uvicorn.Server(config).run()
+
+
+def _run_consumer_service(factory: Callable[[Settings], Any]) -> Callable[[Settings, argparse.Namespace], None]:
+    def run(settings: Settings, args: argparse.Namespace) -> None:
+        from services.shared.runtime import serve_until_signalled
+
+        asyncio.run(serve_until_signalled(lambda: factory(settings), ready_file=args.ready_file))
+
+    return run
+
+
+def _router(settings: Settings) -> Any:
+    from services.router.app import create_service
+
+    return create_service(settings)
+
+
+def _notifier(settings: Settings) -> Any:
+    from services.notifier.app import create_service
+
+    return create_service(settings)
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
+    from services.shared.migrate import upgrade
+
+    upgrade(settings.require_infrastructure()[0])
+    print("database is at the latest migration")
+
+
+def _topics_create(settings: Settings, args: argparse.Namespace) -> None:
+    from services.shared.kafka import create_topics
+
+    created = asyncio.run(create_topics(settings, settings.require_infrastructure()[1]))
+    print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+
+
+def _with_session(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    from services.shared.db import create_engine, session_factory, transaction
+
+    async def run() -> Any:
+        engine = create_engine(settings)
+        try:
+            async with transaction(session_factory(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _network_load(settings: Settings, args: argparse.Namespace) -> None:
+    from services.shared.directory import load_network
+    from services.shared.network import NetworkFileError, load_network_file
+
+    try:
+        network = load_network_file(args.file)
+    except NetworkFileError as exc:
+        raise SystemExit(f"network file rejected:\n{exc}") from None
+    n_stations, n_users = _with_session(settings, lambda session: load_network(session, network))
+    print(f"loaded {n_stations} stations and {n_users} users from {args.file}")
+
+
+def _token_create(settings: Settings, args: argparse.Namespace) -> None:
+    from services.shared.directory import create_token
+
+    try:
+        print(_with_session(settings, lambda session: create_token(session, user_id=args.user)))
+    except LookupError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _policy_check(settings: Settings, args: argparse.Namespace) -> None:
+    from services.router.policy import PolicyError, describe_policy, load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        raise SystemExit(f"{args.file}: policy rejected:\n{exc}") from None
+    print(describe_policy(policy))
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> None:
+    from services.dev import run_dev
+
+    sys.exit(run_dev(settings, args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every caselink command."""
+    parser = argparse.ArgumentParser(prog="caselink", description="tiered case referral and dispatch")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="the whole system on embedded infrastructure")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--data-dir", type=Path, default=Path(".caselink"))
+    dev.add_argument("--network", type=Path, help="network file (default: the demo county)")
+    dev.add_argument("--policy", type=Path, help="routing policy (default: the packaged policy.yaml)")
+    dev.set_defaults(handler=_dev, service="dev")
+
+    intake = commands.add_parser("intake", help="run the intake service (HTTP API; readiness at /readyz)")
+    intake.set_defaults(handler=_run_intake, service="intake")
+    for name, handler in (("router", _run_consumer_service(_router)), ("notifier", _run_consumer_service(_notifier))):
+        service = commands.add_parser(name, help=f"run the {name} service against the configured infrastructure")
+        service.add_argument("--ready-file", type=Path, help="touch this file once the service consumes")
+        service.set_defaults(handler=handler, service=name)
+
+    db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade, service="cli")
+    topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(dest="topics_command", required=True)
+    topics.add_parser("create", help="create the topics").set_defaults(handler=_topics_create, service="cli")
+
+    network = commands.add_parser("network", help="station network").add_subparsers(dest="net_command", required=True)
+    load = network.add_parser("load", help="create or update stations and users from a network file")
+    load.add_argument("file", type=Path)
+    load.set_defaults(handler=_network_load, service="cli")
+
+    token = commands.add_parser("token", help="bearer tokens").add_subparsers(dest="token_command", required=True)
+    create = token.add_parser("create", help="print a new bearer token for a user")
+    create.add_argument("--user", required=True)
+    create.set_defaults(handler=_token_create, service="cli")
+
+    policy = commands.add_parser("policy", help="routing policy").add_subparsers(dest="policy_command", required=True)
+    check = policy.add_parser("check", help="validate a policy and print its rules in evaluation order")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_policy_check, service="cli")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `caselink` console script."""
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings, service=args.service)
+    args.handler(settings, args)
+
+
+if __name__ == "__main__":
+    main()
