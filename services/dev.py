@@ -84,6 +84,7 @@ def _start_services(env: dict[str, str], data_dir: Path) -> dict[str, subprocess
             [sys.executable, "-m", "services.cli", name, *flags],
             env=env,
             preexec_fn=die_with_parent,
+            start_new_session=True,
         )
     return processes
 

