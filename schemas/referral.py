@@ -16,7 +16,7 @@ from schemas.enums import Category, ConsentScope, Gender, RiskLevel
 ID_NUMBER_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_NUMBER_CHECK_CHARS = "10X98765432"
 MAX_FUTURE_SKEW = timedelta(minutes=5)
-ROOT_FIELD = "__root__"
+ROOT_FIELD = "$"
 
 # Resident id numbers and birth years are issued on China Standard Time, whatever the server's zone.
 _CHINA_TZ = timezone(timedelta(hours=8), "CST")

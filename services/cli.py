@@ -48,14 +48,14 @@ def _notifier(settings: Settings) -> Any:
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
     from services.shared.migrate import upgrade
 
-    upgrade(settings.require_infrastructure()[0])
+    upgrade(settings.require_database())
     print("database is at the latest migration")
 
 
 def _topics_create(settings: Settings, args: argparse.Namespace) -> None:
     from services.shared.kafka import create_topics
 
-    created = asyncio.run(create_topics(settings, settings.require_infrastructure()[1]))
+    created = asyncio.run(create_topics(settings, settings.require_kafka()))
     print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
 
 
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="the whole system on embedded infrastructure")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--host", help="HTTP address (default: CASELINK_HTTP_HOST, 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="HTTP port (default: CASELINK_HTTP_PORT, 8080)")
     dev.add_argument("--data-dir", type=Path, default=Path(".caselink"))
     dev.add_argument("--network", type=Path, help="network file (default: the demo county)")
     dev.add_argument("--policy", type=Path, help="routing policy (default: the packaged policy.yaml)")

@@ -139,6 +139,8 @@ def _banner(http: str, tokens: dict[str, str], endpoints_file: Path, started: fl
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Start infrastructure and all services; block until Ctrl-C or a service dies."""
     started = time.monotonic()
+    args.host = args.host or settings.http_host
+    args.port = args.port or settings.http_port
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     endpoints_file = data_dir / "endpoints.json"

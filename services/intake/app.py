@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.topics import CASE_EVENTS, REFERRALS_SUBMITTED
 from services.intake import handlers
 from services.intake.api import router as api_router
-from services.intake.domain import SubmissionInvalid, parse_kafka_submission
+from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
 from services.shared.consuming import MessageConsumer, decode_case_event, origin
+from services.shared.directory import get_user
 from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
@@ -47,6 +48,9 @@ def register_consumers(runtime: Runtime) -> None:
 
         async def accept(session: AsyncSession) -> None:
             try:
+                submitter = await get_user(session, submission.submitted_by)
+                if problems := submitter_problems(submission.submitted_by, submission.room_id, submitter):
+                    raise SubmissionInvalid(problems, submission_id=str(submission.submission_id))
                 await handlers.accept_submission(
                     session,
                     submission,

@@ -10,7 +10,7 @@ import unicodedata
 
 from pydantic import ValidationError
 
-from schemas.referral import FieldError, KafkaReferralSubmission, Resident, validation_errors
+from schemas.referral import ROOT_FIELD, FieldError, KafkaReferralSubmission, Resident, validation_errors
 from services.shared.directory import StationRow, User
 
 
@@ -63,18 +63,28 @@ def may_submit_for(user: User, room_id: str) -> bool:
     return user.role == "worker" and user.station_id == room_id
 
 
+def submitter_problems(submitted_by: str, room_id: str, submitter: User | None) -> list[FieldError]:
+    """Why the named submitter may not submit for this room over Kafka (the same rule as HTTP)."""
+    if submitter is None:
+        return [FieldError(field="submitted_by", message=f"unknown user '{submitted_by}'")]
+    if not may_submit_for(submitter, room_id):
+        message = f"user '{submitted_by}' may not submit referrals for room '{room_id}'"
+        return [FieldError(field="submitted_by", message=message)]
+    return []
+
+
 def parse_kafka_submission(raw: bytes | None) -> KafkaReferralSubmission:
     """Decode a message of caselink.referrals.submitted, or raise SubmissionInvalid naming the fields."""
     try:
         document = json.loads(raw or b"")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         message = f"message is not valid UTF-8 JSON ({type(exc).__name__} at position {getattr(exc, 'pos', 0)})"
-        raise SubmissionInvalid([FieldError(field="$", message=message)]) from None
+        raise SubmissionInvalid([FieldError(field=ROOT_FIELD, message=message)]) from None
     submission_id = document.get("submission_id") if isinstance(document, dict) else None
     if not isinstance(submission_id, str):
         submission_id = None
     if not isinstance(document, dict):
-        raise SubmissionInvalid([FieldError(field="$", message="message must be a JSON object")])
+        raise SubmissionInvalid([FieldError(field=ROOT_FIELD, message="message must be a JSON object")])
     try:
         return KafkaReferralSubmission.model_validate(document)
     except ValidationError as exc:

@@ -35,12 +35,19 @@ def create_service(settings: Settings) -> Runtime:
         if event is None or recipients_needed(event.type, event.data.model_dump(mode="json")).is_empty:
             return
         bind_message_context(case_id=event.subject, event_id=str(event.id))
-        outcomes, unreachable = await deliver_event(event, sessions=runtime.sessions, channels=channels, retry=retry)
 
-        async def save(session: AsyncSession) -> None:
-            await record_deliveries(session, event, outcomes, unreachable)
+        async def push_then_record() -> bool:
+            outcomes, unreachable = await deliver_event(
+                event, sessions=runtime.sessions, channels=channels, retry=retry
+            )
 
-        await consumer.process(record, message_id=str(event.id), work=save)
+            async def save(session: AsyncSession) -> None:
+                await record_deliveries(session, event, outcomes, unreachable)
+
+            return await consumer.apply(message_id=str(event.id), work=save)
+
+        # Pushing and recording share one retry budget: a failure in either is retried, then dead-lettered.
+        await consumer.guard(record, push_then_record)
 
     runtime.closers.append(client.aclose)
     return runtime

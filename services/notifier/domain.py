@@ -184,6 +184,20 @@ def recipients_needed(event_type: str, data: dict[str, Any]) -> RecipientQuery:
     return RecipientQuery()
 
 
+_PURPOSES: dict[str, Purpose] = {
+    ASSIGNED: "task",
+    ESCALATED: "escalation",
+    QUEUED: "escalation",
+    SLA_WARNING: "warning",
+    SLA_BREACHED: "warning",
+}
+
+
+def purpose_of(event_type: str) -> Purpose | None:
+    """Why an event is pushed (task, escalation, warning), or None if it is not pushed at all."""
+    return _PURPOSES.get(event_type)
+
+
 def plan_pushes(event_type: str, data: dict[str, Any], event_id: str, recipients: list[Recipient]) -> list[Push]:
     """One push per (recipient, configured channel) for an event; [] for events that notify nobody."""
     message = _message_for(event_type, data)

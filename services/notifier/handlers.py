@@ -26,6 +26,7 @@ from services.notifier.domain import (
     RecipientQuery,
     RetryPolicy,
     plan_pushes,
+    purpose_of,
     recipients_needed,
 )
 from services.shared.logging import get_logger
@@ -140,7 +141,7 @@ async def record_deliveries(
                 data={**common, **fields, "purpose": push.purpose, "error": result.error},
             )
     for recipient in unreachable:
-        purpose = "task" if event.type.endswith(".assigned.v1") else "escalation"
+        purpose = purpose_of(event.type)
         await emit_case_event(
             session,
             "notification_failed",

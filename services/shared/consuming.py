@@ -45,13 +45,22 @@ class MessageConsumer:
 
     async def process(self, record: Any, *, message_id: str, work: Work) -> bool:
         """Apply `work` once for `message_id`; False if it was a duplicate or dead-lettered."""
+        return await self.guard(record, lambda: self.apply(message_id=message_id, work=work))
+
+    async def apply(self, *, message_id: str, work: Work) -> bool:
+        """The unguarded unit of work: inbox claim and effects in one transaction (use within `guard`)."""
+        async with transaction(self._sessions) as session:
+            if not await claim(session, consumer=self.name, message_id=message_id):
+                log.debug("consumer.duplicate_skipped", consumer=self.name)
+                return False
+            await work(session)
+        return True
+
+    async def guard(self, record: Any, step: Callable[[], Awaitable[bool]]) -> bool:
+        """Run a message's whole handling under the retry / dead-letter policy of this module."""
         key = origin(record)
         try:
-            async with transaction(self._sessions) as session:
-                if not await claim(session, consumer=self.name, message_id=message_id):
-                    log.debug("consumer.duplicate_skipped", consumer=self.name)
-                    return False
-                await work(session)
+            done = await step()
         except Exception as exc:
             if is_transient_db_error(exc):
                 log.warning("consumer.database_unavailable", consumer=self.name, error=type(exc).__name__)
@@ -68,7 +77,7 @@ class MessageConsumer:
             await self.dead_letter(record, f"{type(exc).__name__}: {exc}")
             return False
         self._attempts.pop(key, None)
-        return True
+        return done
 
     async def dead_letter(self, record: Any, error: str) -> None:
         """Send the raw message to `<topic>.dlq` (once, even if this is itself redelivered)."""

@@ -27,7 +27,7 @@ SCHEMAS = ("shared", "intake", "router", "notifier")
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     """The async engine of one service process."""
     return create_async_engine(
-        url or settings.require_infrastructure()[0],
+        url or settings.require_database(),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,

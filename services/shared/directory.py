@@ -117,6 +117,14 @@ async def authenticate(session: AsyncSession, token: str) -> User | None:
     return User(id=row.id, role=row.role, station_id=row.station_id) if row else None
 
 
+async def get_user(session: AsyncSession, user_id: str) -> User | None:
+    """One user, or None."""
+    row = (
+        await session.execute(select(users.c.id, users.c.role, users.c.station_id).where(users.c.id == user_id))
+    ).first()
+    return User(id=row.id, role=row.role, station_id=row.station_id) if row else None
+
+
 async def get_station(session: AsyncSession, station_id: str) -> StationRow | None:
     """One station, or None."""
     row = (

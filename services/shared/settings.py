@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     )
     # Apache Kafka wants idempotent producers; Tansu rejects InitProducerId, so the embedded stack turns it off.
     kafka_enable_idempotence: bool = True
-    kafka_client_id: str = "caselink"
+    kafka_client_id: str = Field(default="caselink", description="prefix of Kafka client ids; DB application_name")
+    kafka_replication_factor: int = Field(default=1, ge=1, description="replicas per topic for `topics create`")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -66,6 +67,20 @@ class Settings(BaseSettings):
             raise SystemExit(f"{' and '.join(missing)} must be set (or use `caselink dev` for embedded infrastructure)")
         assert self.database_url and self.kafka_bootstrap
         return self.database_url, self.kafka_bootstrap
+
+    def require_database(self) -> str:
+        """The database URL, or fail naming CASELINK_DATABASE_URL (for database-only commands)."""
+        return self._required("CASELINK_DATABASE_URL", self.database_url)
+
+    def require_kafka(self) -> str:
+        """The bootstrap servers, or fail naming CASELINK_KAFKA_BOOTSTRAP (for broker-only commands)."""
+        return self._required("CASELINK_KAFKA_BOOTSTRAP", self.kafka_bootstrap)
+
+    @staticmethod
+    def _required(name: str, value: str | None) -> str:
+        if not value:
+            raise SystemExit(f"{name} must be set (or use `caselink dev` for embedded infrastructure)")
+        return value
 
 
 @lru_cache(maxsize=1)

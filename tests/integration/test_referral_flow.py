@@ -145,6 +145,9 @@ async def test_malformed_kafka_submissions_are_rejected_and_the_consumer_keeps_g
     await producer.send_and_wait(
         REFERRALS_SUBMITTED, json.dumps({"submission_id": missing_id, "room_id": ROOM}).encode(), key=ROOM.encode()
     )
+    stranger_id = str(uuid.uuid4())
+    stranger = referral(submission_id=stranger_id, submitted_by="w-0001")  # a city worker, not of this room
+    await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(stranger).encode(), key=ROOM.encode())
     good_id = str(uuid.uuid4())
     await producer.send_and_wait(
         REFERRALS_SUBMITTED,
@@ -164,7 +167,12 @@ async def test_malformed_kafka_submissions_are_rejected_and_the_consumer_keeps_g
     assert {"category", "risk_level", "summary", "resident", "consent", "submitted_by"} <= fields
     assert missing["received_at"]
 
-    # The partition kept flowing past both bad messages.
+    await rejections.wait_for(lambda records: any(r["submission_id"] == stranger_id for r in rejected(records)))
+    refused = next(r for r in rejected(rejections.records) if r["submission_id"] == stranger_id)
+    assert [e["field"] for e in refused["errors"]] == ["submitted_by"]
+    assert await stack.sql("SELECT 1 FROM intake.submission_keys WHERE key = $1", stranger_id) == []
+
+    # The partition kept flowing past every bad message.
     case_id = await _case_of_submission(stack, case_events, good_id)
     await case_events.wait_for_types(case_id, "received", "routed", "assigned")
 

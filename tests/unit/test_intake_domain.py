@@ -16,6 +16,7 @@ from services.intake.domain import (
     parse_kafka_submission,
     resident_ref,
     room_problems,
+    submitter_problems,
 )
 from services.shared.directory import StationRow, User
 
@@ -281,3 +282,12 @@ def test_a_valid_message_parses() -> None:
     assert str(submission.risk_level) == "medium"
     assert submission.resident.id_number == ID_NUMBER
     assert submission.consent.given is True
+
+
+def test_kafka_submitter_must_be_a_known_user_who_may_submit_for_the_room() -> None:
+    room = "V-360402101001"
+    assert submitter_problems("w-9", room, None)[0].field == "submitted_by"
+    elsewhere = User(id="w-1", role="worker", station_id="V-360402102001")
+    assert [e.field for e in submitter_problems("w-1", room, elsewhere)] == ["submitted_by"]
+    assert submitter_problems("w-2", room, User(id="w-2", role="worker", station_id=room)) == []
+    assert submitter_problems("sys", room, User(id="sys", role="system", station_id=None)) == []

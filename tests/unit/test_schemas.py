@@ -229,7 +229,7 @@ def test_kafka_submission_requires_submission_id_and_submitter() -> None:
 def test_malformed_json_is_reported_as_a_root_error() -> None:
     with pytest.raises(ValidationError) as caught:
         KafkaReferralSubmission.model_validate_json(b'{"room_id": ')
-    assert [error.field for error in validation_errors(caught.value)] == ["__root__"]
+    assert [error.field for error in validation_errors(caught.value)] == ["$"]
 
 
 # --- case events --------------------------------------------------------------------------
