@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -156,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `caselink` console script."""
     args = build_parser().parse_args(argv)
     settings = get_settings()
+    if args.service == "dev" and "CASELINK_LOG_FORMAT" not in os.environ:
+        # A person watches `caselink dev` in a terminal; production services keep JSON.
+        settings = settings.model_copy(update={"log_format": "console"})
     configure_logging(settings, service=args.service)
     args.handler(settings, args)
 
