@@ -8,31 +8,13 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from schemas.vocabulary import CATEGORIES, CERTIFICATIONS, RISK_LEVELS, TIERS
+
 if TYPE_CHECKING:
     from services.router.policy import Policy, Rule
 
-Category = Literal[
-    "social_assistance",
-    "elderly_care",
-    "child_protection",
-    "disability_support",
-    "mental_health",
-    "crisis_intervention",
-    "medical_social_work",
-    "family_support",
-    "livelihood",
-    "community_governance",
-    "resource_linkage",
-]
-RiskLevel = Literal["low", "medium", "high", "critical"]
-Tier = Literal["village", "township", "county", "city"]
-Certification = Literal["none", "assistant", "intermediate", "senior"]
 FilterReason = Literal["off_duty", "specialty", "certification", "capacity", "excluded"]
 
-CATEGORIES: tuple[str, ...] = get_args(Category)
-RISK_LEVELS: tuple[str, ...] = get_args(RiskLevel)  # least to most urgent
-TIERS: tuple[str, ...] = get_args(Tier)  # lowest to highest
-CERTIFICATIONS: tuple[str, ...] = get_args(Certification)  # lowest to highest
 FILTER_REASONS: tuple[str, ...] = get_args(FilterReason)
 TOP_CANDIDATES_EXPLAINED = 3
 

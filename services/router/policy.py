@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.router.domain import CATEGORIES, CERTIFICATIONS, RISK_LEVELS, TIERS
+from schemas.vocabulary import CATEGORIES, CERTIFICATIONS, RISK_LEVELS, TIERS
 
 
 class PolicyError(ValueError):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
+from schemas.vocabulary import Category, Certification
 from services.shared.network import (
-    Category,
-    Certification,
     NetworkFile,
     NotifyChannel,
     StationSpec,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -17,32 +17,16 @@ from pydantic import (
     model_validator,
 )
 
-# Local until schemas/enums.py lands; the lead unifies them.
-Tier = Literal["village", "township", "county", "city"]
-TIER_RANK: dict[str, int] = {"village": 0, "township": 1, "county": 2, "city": 3}
+from schemas.vocabulary import CERTIFICATIONS, TIERS, Category, Certification, Role, Tier
+
+TIER_RANK: dict[str, int] = {tier: rank for rank, tier in enumerate(TIERS)}
 TIER_LABEL: dict[str, str] = {
     "village": "village room",
     "township": "township station",
     "county": "county hub",
     "city": "city centre",
 }
-Role = Literal["worker", "supervisor", "system"]
-Certification = Literal["none", "assistant", "intermediate", "senior"]
-CERTIFICATION_RANK: dict[str, int] = {"none": 0, "assistant": 1, "intermediate": 2, "senior": 3}
-Category = Literal[
-    "social_assistance",
-    "elderly_care",
-    "child_protection",
-    "disability_support",
-    "mental_health",
-    "crisis_intervention",
-    "medical_social_work",
-    "family_support",
-    "livelihood",
-    "community_governance",
-    "resource_linkage",
-]
-CATEGORIES: tuple[str, ...] = get_args(Category)
+CERTIFICATION_RANK: dict[str, int] = {name: rank for rank, name in enumerate(CERTIFICATIONS)}
 
 # Ids travel in URLs (webhook paths, REST routes) and Kafka keys, so they stay plain ASCII.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]

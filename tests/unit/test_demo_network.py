@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from schemas.vocabulary import CATEGORIES
 from services.shared.demo import DEMO_USERS, demo_network, demo_secret
-from services.shared.network import CATEGORIES, NetworkFile, WebhookChannel, parse_network
+from services.shared.network import NetworkFile, WebhookChannel, parse_network
 
 BASE = "http://127.0.0.1:8900/hooks"
 
