@@ -48,6 +48,10 @@ class RoutedData(CaseEventData):
     rule: str = Field(description="name of the policy rule that matched")
     reason: str
     policy_version: int | None = None
+    resolve_by: UtcDatetime | None = Field(default=None, description="when the case must be resolved")
+    notify_stations: list[str] | None = Field(
+        default=None, description="stations whose supervisors the rule asks to inform (e.g. crisis → county)"
+    )
     explanation: dict[str, Any] | None = None
 
 
@@ -129,6 +133,7 @@ class SlaWarningData(CaseEventData):
 
     deadline: UtcDatetime
     kind: SlaKind
+    worker_id: str | None = Field(default=None, description="who holds the case, if anyone")
 
 
 class SlaBreachedData(CaseEventData):
@@ -136,6 +141,7 @@ class SlaBreachedData(CaseEventData):
 
     deadline: UtcDatetime
     kind: SlaKind
+    worker_id: str | None = Field(default=None, description="who holds the case, if anyone")
 
 
 class NotifiedData(CaseEventData):

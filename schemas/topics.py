@@ -5,6 +5,8 @@ REFERRALS_REJECTED = "caselink.referrals.rejected"
 CASE_EVENTS = "caselink.case.events"
 # Internal: intake hands worker and supervisor actions to the router through this topic.
 CASE_COMMANDS = "caselink.case.commands"
+# Internal: the router's answer to each command (applied, or why not), keyed by case id.
+CASE_COMMAND_RESULTS = "caselink.case.command-results"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -19,6 +21,7 @@ _SOURCE_PARTITIONS: dict[str, int] = {
     REFERRALS_REJECTED: 3,
     CASE_EVENTS: 12,
     CASE_COMMANDS: 12,
+    CASE_COMMAND_RESULTS: 12,
 }
 
 # Topics our services consume, and so the ones that need a dead-letter topic.

@@ -105,6 +105,77 @@ def _policy_check(settings: Settings, args: argparse.Namespace) -> None:
     print(describe_policy(policy))
 
 
+def _policy_simulate(settings: Settings, args: argparse.Namespace) -> None:
+    import json
+
+    from services.router.policy import Policy, PolicyError, load_policy
+    from services.router.simulation import format_report, network_from_file, sample_cases, simulate
+    from services.shared.network import NetworkFileError, load_network_file
+    from services.shared.time import utc_now
+
+    def policy_or_exit(path: Path | None) -> Policy:
+        try:
+            if path is not None:
+                return load_policy(path)
+            from services.router.app import active_policy
+
+            return active_policy(settings)
+        except PolicyError as exc:
+            raise SystemExit(f"{path or settings.policy}: policy rejected:\n{exc}") from None
+
+    if args.cases < 1:
+        raise SystemExit(f"--cases must be at least 1, got {args.cases}")
+    draft, current = policy_or_exit(args.draft), policy_or_exit(args.against)
+    network = None
+    if args.network is not None:
+        try:
+            network = network_from_file(load_network_file(args.network))
+        except NetworkFileError as exc:
+            raise SystemExit(f"network file rejected:\n{exc}") from None
+    recorded = None
+    if network is None or args.recorded:
+        network, recorded = _with_session(settings, lambda session: _read_for_simulation(session, network, args))
+        if recorded == []:
+            raise SystemExit("there are no recorded cases in router.cases to simulate")
+    cases = recorded if recorded is not None else sample_cases(network, count=args.cases, seed=args.seed)
+    report = simulate(network=network, cases=cases, current=current, draft=draft, now=utc_now())
+    sample = f"{len(cases)} " + ("most recent recorded cases" if args.recorded else f"random cases, seed {args.seed}")
+    header = {
+        "draft_policy": str(args.draft),
+        "current_policy": str(args.against or settings.policy or "packaged default"),
+        "sample": sample,
+    }
+    if args.json:
+        print(json.dumps({**header, **report.to_dict()}, indent=2))
+    else:
+        print(f"draft {header['draft_policy']} against current {header['current_policy']}; {sample}")
+        print(format_report(report))
+
+
+async def _read_for_simulation(session: Any, network: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read-only: the network with its current loads (unless given), and the most recent cases if asked."""
+    from sqlalchemy import select, text
+
+    from services.router import tables
+    from services.router.domain import CaseFacts
+    from services.router.handlers import load_network
+
+    await session.execute(text("SET TRANSACTION READ ONLY"))
+    if network is None:
+        network = await load_network(session)
+    if not args.recorded:
+        return network, None
+    cases = tables.cases.c
+    rows = await session.execute(
+        select(cases.case_id, cases.room_id, cases.category, cases.risk_level, cases.resident_ref)
+        .order_by(cases.created_at.desc(), cases.case_id.desc())
+        .limit(args.cases)
+    )
+    # Oldest first, so the simulated load builds up in the order the cases arrived.
+    recorded = [CaseFacts(r.case_id, r.room_id, r.category, r.risk_level, r.resident_ref) for r in rows]
+    return network, recorded[::-1]
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> None:
     from services.dev import run_dev
 
@@ -150,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy.add_parser("check", help="validate a policy and print its rules in evaluation order")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_policy_check, service="cli")
+    simulate = policy.add_parser(
+        "simulate", help="dry run: route a sample through a draft policy and compare it with the current one"
+    )
+    simulate.add_argument("draft", type=Path, help="the draft policy")
+    simulate.add_argument("--against", type=Path, help="the current policy (default: CASELINK_POLICY or packaged)")
+    simulate.add_argument("--network", type=Path, help="network file (default: the database, with current loads)")
+    simulate.add_argument("--cases", type=int, default=1000, help="how many cases (default: 1000)")
+    simulate.add_argument("--recorded", action="store_true", help="the most recent recorded cases (needs the database)")
+    simulate.add_argument("--seed", type=int, default=1, help="seed of the random sample (default: 1)")
+    simulate.add_argument("--json", action="store_true", help="print the report as JSON")
+    simulate.set_defaults(handler=_policy_simulate, service="cli")
     return parser
 
 

@@ -115,6 +115,7 @@ async def get_case(request: Request, case_id: str, user: CurrentUser) -> dict[st
                 .order_by(tables.case_events.c.sequence)
             )
         ).scalars()
+        events = list(timeline)
         return {
             "case_id": case.case_id,
             "status": case.status,
@@ -124,10 +125,19 @@ async def get_case(request: Request, case_id: str, user: CurrentUser) -> dict[st
             "category": case.category,
             "risk_level": case.risk_level,
             "assignee_id": case.assignee_id,
-            "deadlines": {"accept_by": case.accept_by.isoformat() if case.accept_by else None},
+            "deadlines": {
+                "accept_by": case.accept_by.isoformat() if case.accept_by else None,
+                "resolve_by": _latest(events, "resolve_by"),
+            },
             "received_at": case.received_at.isoformat(),
-            "timeline": list(timeline),
+            "explanation": _latest(events, "explanation"),
+            "timeline": events,
         }
+
+
+def _latest(events: list[dict[str, Any]], field: str) -> Any:
+    """The value of `field` in the newest event data that has it (e.g. the last routing explanation)."""
+    return next((e["data"][field] for e in reversed(events) if e["data"].get(field) is not None), None)
 
 
 @router.get("/healthz", include_in_schema=False)

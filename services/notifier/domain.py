@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
+ROUTED = "caselink.case.routed.v1"
 ASSIGNED = "caselink.case.assigned.v1"
 ESCALATED = "caselink.case.escalated.v1"
 QUEUED = "caselink.case.queued.v1"
@@ -114,13 +115,13 @@ class RecipientQuery:
     """Whom the caller must look up before planning pushes for an event."""
 
     user_ids: list[str] = field(default_factory=list)
-    supervisors_of_station: str | None = None
+    supervisors_of: tuple[str, ...] = ()  # station ids
     station_channels_of: str | None = None
 
     @property
     def is_empty(self) -> bool:
         """True when the event needs no push at all."""
-        return not self.user_ids and self.supervisors_of_station is None and self.station_channels_of is None
+        return not self.user_ids and not self.supervisors_of and self.station_channels_of is None
 
 
 @dataclass(frozen=True)
@@ -175,16 +176,22 @@ def recipients_needed(event_type: str, data: dict[str, Any]) -> RecipientQuery:
         return RecipientQuery(user_ids=[data["worker_id"]])
     if event_type == ESCALATED:
         station = data["station_id"]
-        return RecipientQuery(supervisors_of_station=station, station_channels_of=station)
+        return RecipientQuery(supervisors_of=(station,), station_channels_of=station)
     if event_type == QUEUED:
         station = data["waiting_at"]
-        return RecipientQuery(supervisors_of_station=station, station_channels_of=station)
+        return RecipientQuery(supervisors_of=(station,), station_channels_of=station)
+    if event_type == ROUTED and data.get("notify_stations"):  # the rule asks higher tiers to know (crisis)
+        return RecipientQuery(supervisors_of=tuple(data["notify_stations"]))
     if event_type in (SLA_WARNING, SLA_BREACHED):
-        return RecipientQuery(supervisors_of_station=data["station_id"])
+        holder = [data["worker_id"]] if data.get("worker_id") else []
+        if data.get("kind") == "accept" and holder:  # an offer about to lapse: a reminder to its worker
+            return RecipientQuery(user_ids=holder)
+        return RecipientQuery(user_ids=holder, supervisors_of=(data["station_id"],))
     return RecipientQuery()
 
 
 _PURPOSES: dict[str, Purpose] = {
+    ROUTED: "escalation",
     ASSIGNED: "task",
     ESCALATED: "escalation",
     QUEUED: "escalation",
@@ -278,6 +285,16 @@ def _message_for(event_type: str, data: dict[str, Any]) -> tuple[Purpose, str | 
             None,
             f"个案上转：{case_zh}已由{from_zh}上转至{to_zh}，原因：{reason_zh}，请尽快指派",
             f"Escalated: {case_en} moved from {from_en} to {to_en}, reason: {reason_en}; please assign",
+        )
+    if event_type == ROUTED:
+        if not data.get("notify_stations"):
+            return None
+        station = data.get("station_id", "")
+        return (
+            "escalation",
+            None,
+            f"个案通报：{case_zh}已转至{_tier_zh(data.get('tier'))} {station}，按规则通报上级督导",
+            f"For your information: {case_en} routed to {_tier_en(data.get('tier'))} {station}, per policy rule",
         )
     if event_type == QUEUED:
         waiting_at = data.get("waiting_at", "")

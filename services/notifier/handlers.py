@@ -49,10 +49,10 @@ async def find_recipients(session: AsyncSession, query: RecipientQuery) -> list[
     if query.user_ids:
         rows = await session.execute(select(users.c.id, users.c.notify).where(users.c.id.in_(query.user_ids)))
         found += [Recipient(row.id, "user", _channels(row.notify)) for row in rows]
-    if query.supervisors_of_station:
+    if query.supervisors_of:
         rows = await session.execute(
             select(users.c.id, users.c.notify).where(
-                users.c.station_id == query.supervisors_of_station, users.c.role == "supervisor"
+                users.c.station_id.in_(query.supervisors_of), users.c.role == "supervisor"
             )
         )
         found += [Recipient(row.id, "user", _channels(row.notify)) for row in rows]

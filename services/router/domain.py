@@ -72,6 +72,7 @@ class Network:
     workers: list[Worker]
     _children: dict[str, list[Station]] = field(init=False, repr=False, compare=False)
     _staff: dict[str, list[Worker]] = field(init=False, repr=False, compare=False)
+    _by_id: dict[str, Worker] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         children: dict[str, list[Station]] = {}
@@ -90,6 +91,7 @@ class Network:
             staff.setdefault(worker.station_id, []).append(worker)
         object.__setattr__(self, "_children", {k: sorted(v, key=lambda s: s.id) for k, v in children.items()})
         object.__setattr__(self, "_staff", staff)
+        object.__setattr__(self, "_by_id", {worker.id: worker for worker in self.workers})
 
     def parent(self, station: Station) -> Station | None:
         """The station directly above, or None at the top."""
@@ -116,6 +118,21 @@ class Network:
     def workers_at(self, station_id: str) -> list[Worker]:
         """The workers whose home is this station."""
         return list(self._staff.get(station_id, []))
+
+    def worker(self, worker_id: str) -> Worker | None:
+        """A worker by id, or None if there is no such worker."""
+        return self._by_id.get(worker_id)
+
+    def path_up(self, station_id: str) -> list[Station]:
+        """The station and every station above it, nearest first."""
+        path = [self.stations[station_id]]
+        while path[-1].parent_id is not None:
+            path.append(self.stations[path[-1].parent_id])
+        return path
+
+    def is_within(self, station_id: str, scope_station_id: str) -> bool:
+        """Whether `station_id` is `scope_station_id` or below it."""
+        return station_id in self.stations and any(s.id == scope_station_id for s in self.path_up(station_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +177,12 @@ class StationSearch:
     via: Literal["target", "lateral", "escalation"]
     filtered: dict[str, int]
     ranked: tuple[Candidate, ...]
+    passed_over: tuple[tuple[str, str], ...] = ()  # (worker id, FilterReason) of the least-loaded filtered
+
+    @property
+    def considered(self) -> int:
+        """How many workers of the station were looked at."""
+        return sum(self.filtered.values()) + len(self.ranked)
 
     def explain(self) -> dict[str, Any]:
         """JSON-ready summary; worker ids and ratios only, no personal data."""
@@ -167,7 +190,9 @@ class StationSearch:
             "station_id": self.station.id,
             "tier": self.station.tier,
             "via": self.via,
+            "considered": self.considered,
             "filtered": dict(self.filtered),
+            "filtered_out": [{"worker_id": worker, "reason": reason} for worker, reason in self.passed_over],
             "eligible": len(self.ranked),
             "top": [c.explain() for c in self.ranked[:TOP_CANDIDATES_EXPLAINED]],
         }
@@ -283,14 +308,19 @@ def search_station(
     """Filter one station's workers for a need and rank the eligible ones."""
     filtered = dict.fromkeys(FILTER_REASONS, 0)
     eligible: list[Worker] = []
+    rejected: list[tuple[Worker, str]] = []
     for worker in network.workers_at(station.id):
         reason = "excluded" if worker.id in exclude_workers else eligibility(worker, need)
         if reason is None:
             eligible.append(worker)
         else:
             filtered[reason] += 1
+            rejected.append((worker, reason))
     ranked = tuple(rank_candidates(eligible, served_before=served_before))
-    return StationSearch(station=station, via=via, filtered=filtered, ranked=ranked)
+    # The workers who would have ranked first had they been eligible: why they were not.
+    rejected.sort(key=lambda pair: (pair[0].load_ratio, pair[0].id))
+    passed_over = tuple((worker.id, reason) for worker, reason in rejected[:TOP_CANDIDATES_EXPLAINED])
+    return StationSearch(station=station, via=via, filtered=filtered, ranked=ranked, passed_over=passed_over)
 
 
 def find_placement(
@@ -380,14 +410,18 @@ def route_new_case(
 
 
 def _explanation(rule: Rule, policy: Policy, need: Need, placement: Placement) -> dict[str, Any]:
+    return {"rule": rule.name, "policy_version": policy.version, **explain_placement(need, placement)}
+
+
+def explain_placement(need: Need, placement: Placement) -> dict[str, Any]:
+    """Why a search ended where it did: the need, every station looked at, and the winner's score."""
     best = placement.best
     return {
-        "rule": rule.name,
-        "policy_version": policy.version,
         "need": {"specialty": need.specialty, "certification": need.certification, "weight": need.weight},
+        "candidates_considered": sum(search.considered for search in placement.searches),
         "stations": [search.explain() for search in placement.searches],
         "outcome": (
-            {"assigned": best.worker.id, "station_id": placement.station.id}
+            {"assigned": best.worker.id, "station_id": placement.station.id, "score": round(best.load_ratio, 4)}
             if best
             else {"queued_at": placement.station.id}
         ),

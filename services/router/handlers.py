@@ -1,20 +1,34 @@
-"""The router's unit of work: a received case is routed by the pure domain, capacity is reserved
-concurrency-safely, and the decision goes out as routed → escalated… → assigned | queued."""
+"""The router's units of work: load a case, let the pure domain decide, reserve capacity
+concurrency-safely, store the new state and emit its events through the outbox.
+
+Lock order, the same everywhere so concurrent routers cannot deadlock on a case: the case's row in
+router.cases (FOR UPDATE), then worker_load rows (conditional UPDATEs), then the case's head in
+shared.case_heads (taken by emit_case_event).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import CaseReceived, EventSource
+from schemas.commands import CaseCommand, CommandResult
+from schemas.enums import CaseStatus
+from schemas.events import STATUS_AFTER, CaseReceived, EventSource
+from schemas.topics import CASE_COMMAND_RESULTS
 from services.router import tables
-from services.router.domain import Assignment, CaseFacts, Network, RoutingOutcome, Station, Worker, route_new_case
+from services.router.actions import decide_command
+from services.router.domain import Assignment, CaseFacts, Need, Network, Station, Worker
+from services.router.lifecycle import Actor, CaseState, CommandRefused, Context, Decision, admit
 from services.router.policy import Policy
+from services.shared.directory import get_user
 from services.shared.logging import get_logger
-from services.shared.outbox import emit_case_event
+from services.shared.outbox import emit_case_event, enqueue
 from services.shared.tables import stations, users
 from services.shared.time import utc_now
 
@@ -22,6 +36,8 @@ log = get_logger(__name__)
 SOURCE: EventSource = "caselink/router"
 # Another router may take the last capacity between our read and our reservation; look again.
 MAX_PLACEMENT_ATTEMPTS = 5
+
+Decide = Callable[[Context], Decision | None]
 
 
 async def load_network(session: AsyncSession) -> Network:
@@ -60,12 +76,12 @@ async def load_network(session: AsyncSession) -> Network:
 
 
 async def served_before(session: AsyncSession, resident_ref: str) -> frozenset[str]:
-    """Workers who held a case of this resident before (continuity of care)."""
+    """Workers who hold or accepted a case of this resident before (continuity of care)."""
+    offers = tables.offers.c
     rows = await session.execute(
-        select(tables.offers.c.worker_id)
-        .where(tables.offers.c.resident_ref == resident_ref)
-        .where(tables.offers.c.outcome.is_distinct_from("declined"))
-        .where(tables.offers.c.outcome.is_distinct_from("expired"))
+        select(offers.worker_id)
+        .where(offers.resident_ref == resident_ref)
+        .where((offers.outcome.is_(None)) | (offers.outcome == "accepted"))
         .distinct()
     )
     return frozenset(rows.scalars())
@@ -88,8 +104,182 @@ async def reserve_capacity(session: AsyncSession, assignment: Assignment) -> boo
     return reserved.first() is not None
 
 
-async def route_received_case(session: AsyncSession, event: CaseReceived, *, policy: Policy) -> RoutingOutcome:
-    """Route a newly received case and emit the decision."""
+async def release_capacity(session: AsyncSession, worker_id: str, weight: int) -> None:
+    """Give the case's weight back to the worker; they become the most recently busy."""
+    await session.execute(
+        text(
+            "UPDATE router.worker_load SET load = load - :weight, idle_since = now(), updated_at = now() "
+            "WHERE worker_id = :worker"
+        ),
+        {"worker": worker_id, "weight": weight},
+    )
+
+
+async def lock_case(session: AsyncSession, case_id: str, *, skip_locked: bool = False) -> CaseState | None:
+    """The case's routing state, locked until commit; None if unknown (or locked, with skip_locked)."""
+    query = select(tables.cases).where(tables.cases.c.case_id == case_id).with_for_update(skip_locked=skip_locked)
+    row = (await session.execute(query)).mappings().first()
+    return state_from_row(row) if row is not None else None
+
+
+def state_from_row(row: RowMapping) -> CaseState:
+    """A router.cases row as the pure domain's CaseState."""
+    return CaseState(
+        facts=CaseFacts(row["case_id"], row["room_id"], row["category"], row["risk_level"], row["resident_ref"]),
+        status=row["status"],
+        tier=row["tier"],
+        station_id=row["station_id"],
+        rule=row["rule"] or "",
+        need=Need(row["need_specialty"], row["need_certification"], row["weight"]),
+        target_station_id=row["target_station_id"],
+        floor_station_id=row["floor_station_id"],
+        resolve_by=row["resolve_by"],
+        resolve_warn_at=row["resolve_warn_at"],
+        resolve_breached=row["resolve_breached"],
+        assignee_id=row["assignee_id"],
+        accept_by=row["accept_by"],
+        accept_warn_at=row["accept_warn_at"],
+        offer_tier=row["offer_tier"],
+        offers_at_tier=row["offers_at_tier"],
+        passed_over=frozenset(row["passed_over"]),
+    )
+
+
+def _row_from_state(state: CaseState, *, received_at: datetime | None = None) -> dict[str, Any]:
+    facts = state.facts
+    row = {
+        "case_id": facts.case_id,
+        "room_id": facts.room_id,
+        "category": facts.category,
+        "risk_level": facts.risk_level,
+        "resident_ref": facts.resident_ref,
+        "status": state.status,
+        "tier": state.tier,
+        "station_id": state.station_id,
+        "rule": state.rule,
+        "assignee_id": state.assignee_id,
+        "weight": state.need.weight,
+        "need_specialty": state.need.specialty,
+        "need_certification": state.need.certification,
+        "target_station_id": state.target_station_id,
+        "floor_station_id": state.floor_station_id,
+        "accept_by": state.accept_by,
+        "accept_warn_at": state.accept_warn_at,
+        "resolve_by": state.resolve_by,
+        "resolve_warn_at": state.resolve_warn_at,
+        "resolve_breached": state.resolve_breached,
+        "offer_tier": state.offer_tier,
+        "offers_at_tier": state.offers_at_tier,
+        "passed_over": sorted(state.passed_over),
+        "next_due_at": state.next_due_at,
+        "updated_at": utc_now(),
+    }
+    return row | ({"received_at": received_at} if received_at is not None else {})
+
+
+class NetworkCache:
+    """One network snapshot reused across decisions (a sweep tick); refreshed after it went stale.
+
+    A stale snapshot is safe: reservations are conditional, and a failed one refreshes it.
+    """
+
+    def __init__(self) -> None:
+        self._network: Network | None = None
+
+    async def get(self, session: AsyncSession) -> Network:
+        """The cached snapshot, loading it if there is none."""
+        if self._network is None:
+            self._network = await load_network(session)
+        return self._network
+
+    def invalidate(self) -> None:
+        """Forget the snapshot: loads changed."""
+        self._network = None
+
+
+async def decide_and_apply(
+    session: AsyncSession,
+    state: CaseState | None,
+    decide: Decide,
+    *,
+    policy: Policy,
+    resident_ref: str,
+    networks: NetworkCache | None = None,
+    received_at: datetime | None = None,
+) -> Decision | None:
+    """Run a pure decision on fresh enough data, reserve its offer, then store and emit it."""
+    networks = networks or NetworkCache()
+    served = await served_before(session, resident_ref)
+    released: str | None = None
+    for _ in range(MAX_PLACEMENT_ATTEMPTS):
+        decision = decide(Context(policy, await networks.get(session), utc_now(), served))
+        if decision is None:
+            return None
+        # Released before reserving, so the worker's own freed capacity counts if they are chosen again.
+        if decision.release is not None and decision.release != released:
+            await release_capacity(session, decision.release, decision.state.need.weight)
+            released = decision.release
+            networks.invalidate()
+        if decision.offer is None:
+            break
+        networks.invalidate()
+        if await reserve_capacity(session, decision.offer):
+            break
+    else:
+        raise RuntimeError("capacity kept changing while placing the case; retrying the message")
+    await _store(session, state, decision, received_at=received_at)
+    await _emit(session, decision)
+    return decision
+
+
+async def _store(
+    session: AsyncSession, before: CaseState | None, decision: Decision, *, received_at: datetime | None
+) -> None:
+    state = decision.state
+    row = _row_from_state(state, received_at=received_at)
+    if before is None:
+        await session.execute(pg_insert(tables.cases).values(row).on_conflict_do_nothing())
+    else:
+        await session.execute(update(tables.cases).where(tables.cases.c.case_id == state.facts.case_id).values(row))
+    offers = tables.offers.c
+    if decision.ended_offer is not None:
+        worker, outcome = decision.ended_offer
+        await session.execute(
+            update(tables.offers)
+            .where(offers.case_id == state.facts.case_id, offers.worker_id == worker, offers.outcome.is_(None))
+            .values(outcome=outcome)
+        )
+    if (offer := decision.offer) is not None:
+        await session.execute(
+            tables.offers.insert().values(
+                case_id=state.facts.case_id,
+                worker_id=offer.worker_id,
+                tier=offer.tier,
+                station_id=offer.station_id,
+                resident_ref=state.facts.resident_ref,
+                accept_by=offer.accept_by,
+            )
+        )
+
+
+async def _emit(session: AsyncSession, decision: Decision) -> None:
+    facts = decision.state.facts
+    common = {
+        "case_id": facts.case_id,
+        "category": facts.category,
+        "risk_level": facts.risk_level,
+        "resident_ref": facts.resident_ref,
+    }
+    for event in decision.events:
+        data = {**common, **event.fields}
+        status = STATUS_AFTER[event.name]
+        if status is not None:
+            data |= {"status": status.value, "tier": event.tier, "station_id": event.station_id}
+        await emit_case_event(session, event.name, source=SOURCE, data=data)
+
+
+async def route_received_case(session: AsyncSession, event: CaseReceived, *, policy: Policy) -> Decision:
+    """Route a newly received case and emit routed → escalated… → assigned | queued."""
     data = event.data
     facts = CaseFacts(
         case_id=data.case_id,
@@ -98,111 +288,57 @@ async def route_received_case(session: AsyncSession, event: CaseReceived, *, pol
         risk_level=str(data.risk_level),
         resident_ref=data.resident_ref,
     )
-    served = await served_before(session, data.resident_ref)
-    for _ in range(MAX_PLACEMENT_ATTEMPTS):
-        outcome = route_new_case(
-            facts, policy=policy, network=await load_network(session), now=utc_now(), served_before=served
-        )
-        if outcome.assignment is None or await reserve_capacity(session, outcome.assignment):
-            break
-    else:
-        raise RuntimeError("capacity kept changing while placing the case; retrying the message")
-    await _record(session, facts, outcome, weight=policy.load_weight[facts.risk_level])
-    await _emit(session, data.model_dump(), outcome)
-    log.info(
-        "router.case_routed",
-        rule=outcome.rule,
-        tier=outcome.tier,
-        station_id=outcome.station_id,
-        assigned=outcome.assignment is not None,
-        escalations=len(outcome.escalations),
-    )
-    return outcome
-
-
-async def _record(session: AsyncSession, facts: CaseFacts, outcome: RoutingOutcome, *, weight: int) -> None:
-    assignment = outcome.assignment
-    await session.execute(
-        pg_insert(tables.cases)
-        .values(
-            case_id=facts.case_id,
-            room_id=facts.room_id,
-            category=facts.category,
-            risk_level=facts.risk_level,
-            resident_ref=facts.resident_ref,
-            status="offered" if assignment else "queued",
-            tier=outcome.tier,
-            station_id=outcome.station_id,
-            rule=outcome.rule,
-            assignee_id=assignment.worker_id if assignment else None,
-            weight=weight,
-            accept_by=assignment.accept_by if assignment else None,
-        )
-        .on_conflict_do_nothing()
-    )
-    if assignment:
-        await session.execute(
-            tables.offers.insert().values(
-                case_id=facts.case_id,
-                worker_id=assignment.worker_id,
-                tier=assignment.tier,
-                station_id=assignment.station_id,
-                resident_ref=facts.resident_ref,
-                accept_by=assignment.accept_by,
-            )
-        )
-
-
-async def _emit(session: AsyncSession, received: dict[str, Any], outcome: RoutingOutcome) -> None:
-    common = {key: received[key] for key in ("case_id", "category", "risk_level", "resident_ref")}
-    explanation = outcome.explanation
-    await emit_case_event(
+    decision = await decide_and_apply(
         session,
-        "routed",
-        source=SOURCE,
-        data={
-            **common,
-            "status": "routed",
-            "tier": outcome.target_tier,
-            "station_id": outcome.target_station_id,
-            "rule": outcome.rule,
-            "reason": outcome.reason,
-            "policy_version": outcome.policy_version,
-            "explanation": explanation,
-        },
+        None,
+        lambda ctx: admit(facts, ctx, received_at=event.time),
+        policy=policy,
+        resident_ref=facts.resident_ref,
+        received_at=event.time,
     )
-    for step in outcome.escalations:
-        await emit_case_event(
-            session,
-            "escalated",
-            source=SOURCE,
-            data={
-                **common,
-                "status": "escalated",
-                "tier": step.to_tier,
-                "station_id": step.to_station_id,
-                "from_tier": step.from_tier,
-                "from_station_id": step.from_station_id,
-                "reason": step.reason,
-            },
-        )
-    placed = {**common, "tier": outcome.tier, "station_id": outcome.station_id}
-    if (assignment := outcome.assignment) is not None:
-        await emit_case_event(
-            session,
-            "assigned",
-            source=SOURCE,
-            data={
-                **placed,
-                "status": "offered",
-                "worker_id": assignment.worker_id,
-                "accept_by": assignment.accept_by,
-                "candidates_considered": assignment.candidates_considered,
-                "score": assignment.score,
-                "explanation": explanation,
-            },
-        )
+    assert decision is not None, "a received case is always routed"
+    state = decision.state
+    log.info("router.case_routed", rule=state.rule, tier=state.tier, station_id=state.station_id, status=state.status)
+    return decision
+
+
+async def _actor(session: AsyncSession, user_id: str) -> Actor | None:
+    user = await get_user(session, user_id)
+    return Actor(user.id, user.role, user.station_id) if user is not None else None
+
+
+async def apply_command(session: AsyncSession, command: CaseCommand, *, policy: Policy) -> CommandResult:
+    """Apply a worker's or supervisor's action and publish the router's answer to it."""
+    state = await lock_case(session, command.case_id)
+    if state is None:
+        result = _result(command, "not_found", None, f"no routed case {command.case_id!r}")
     else:
-        await emit_case_event(
-            session, "queued", source=SOURCE, data={**placed, "status": "queued", "waiting_at": outcome.station_id}
-        )
+        actor = await _actor(session, command.actor_id)
+        try:
+            # A refusal found on a retry must undo the capacity released on the first attempt.
+            async with session.begin_nested():
+                decision = await decide_and_apply(
+                    session,
+                    state,
+                    lambda ctx: decide_command(state, command, actor, ctx),
+                    policy=policy,
+                    resident_ref=state.facts.resident_ref,
+                )
+            assert decision is not None
+            result = _result(command, "applied", decision.state.status)
+        except CommandRefused as refused:
+            result = _result(command, refused.outcome, state.status, refused.message)
+    await enqueue(session, topic=CASE_COMMAND_RESULTS, key=command.case_id, payload=result.model_dump_json().encode())
+    log.info("router.command", action=command.action, outcome=result.outcome)
+    return result
+
+
+def _result(command: CaseCommand, outcome: Any, status: str | None, message: str = "") -> CommandResult:
+    return CommandResult(
+        command_id=command.command_id,
+        case_id=command.case_id,
+        action=command.action,
+        outcome=outcome,
+        status=CaseStatus(status) if status is not None else None,
+        message=message,
+    )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, Table, Text, func
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, Table, Text, func
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.shared.db import metadata
 
@@ -23,8 +24,27 @@ cases = Table(
     Column("accept_by", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # What the rule asks of a worker, fixed when the case was routed: a later policy change
+    # does not move the goalposts of cases already under way.
+    Column("need_specialty", Text, nullable=False),
+    Column("need_certification", Text, nullable=False),
+    Column("policy_version", Integer, nullable=True),
+    Column("target_station_id", Text, nullable=False),
+    Column("floor_station_id", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("accept_warn_at", DateTime(timezone=True), nullable=True),
+    Column("resolve_by", DateTime(timezone=True), nullable=False),
+    Column("resolve_warn_at", DateTime(timezone=True), nullable=True),
+    Column("resolve_breached", Boolean, nullable=False, server_default="false"),
+    Column("offer_tier", Text, nullable=True),
+    Column("offers_at_tier", Integer, nullable=False, server_default="0"),
+    Column("passed_over", ARRAY(Text), nullable=False, server_default="{}"),
+    # The earliest pending deadline: the sweep claims due cases through this index with
+    # FOR UPDATE SKIP LOCKED, so each deadline is handled by one router replica.
+    Column("next_due_at", DateTime(timezone=True), nullable=True),
     Index(None, "resident_ref"),
     Index(None, "status", "station_id"),
+    Index(None, "next_due_at"),
     schema="router",
 )
 

@@ -52,9 +52,17 @@ def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+# deadlock_detected, serialization_failure: PostgreSQL aborted one of two concurrent transactions
+# (say, two routers moving load between the same workers in opposite order); running it again succeeds.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
-    """True when the database is unreachable or restarting rather than the request being wrong."""
+    """True when the database is unreachable, restarting, or asked for the transaction to be retried,
+    rather than the request being wrong."""
     if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -25,6 +25,14 @@ from services.shared.settings import Settings
 log = get_logger(__name__)
 
 
+class Companion(Protocol):
+    """A background activity of a service besides consuming, e.g. the router's deadline sweep."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Runtime:
     """The infrastructure handles of one service process."""
@@ -36,6 +44,7 @@ class Runtime:
     broker: KafkaBroker
     relay: OutboxRelay
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    companions: list[Companion] = field(default_factory=list)
 
     def subscriber_options(self, group: str) -> dict[str, Any]:
         """Consumer options shared by every subscriber: a group, manual commits after processing."""
@@ -47,13 +56,19 @@ class Runtime:
         }
 
     async def start(self) -> None:
-        """Connect the producer, start the relay, then start consuming."""
+        """Connect the producer, start the relay, then start consuming and the companions."""
         await self.relay.start()
         await self.broker.start()
+        for companion in self.companions:
+            await companion.start()
         log.info("service.started")
 
     async def stop(self) -> None:
-        """Stop consuming first (in-flight handlers finish and commit), then the relay, then the pools."""
+        """Stop the companions and consuming first (in-flight work finishes and commits), then the
+        relay, then the pools."""
+        for companion in self.companions:
+            with contextlib.suppress(Exception):
+                await companion.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
         await self.relay.stop()

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     consumer_max_attempts: int = 5
     db_pool_size: int = 10
 
+    router_sweep_interval: float = Field(
+        default=1.0, gt=0, description="seconds between the router's deadline sweeps and queue checks"
+    )
+
     webhook_timeout: float = 5.0
     notify_attempts: int = 4
     notify_base_delay: float = 0.5

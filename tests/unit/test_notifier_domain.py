@@ -15,6 +15,7 @@ from services.notifier.domain import (
     DELIVERY_NAMESPACE,
     ESCALATED,
     QUEUED,
+    ROUTED,
     SLA_BREACHED,
     SLA_WARNING,
     ChannelConfig,
@@ -78,17 +79,42 @@ def test_assigned_case_needs_only_the_offered_worker() -> None:
 
 def test_escalated_case_needs_supervisors_and_shared_channels_of_the_new_station() -> None:
     query = recipients_needed(ESCALATED, ESCALATED_DATA)
-    assert query == RecipientQuery(supervisors_of_station="C-360402", station_channels_of="C-360402")
+    assert query == RecipientQuery(supervisors_of=("C-360402",), station_channels_of="C-360402")
 
 
 def test_queued_case_needs_supervisors_and_shared_channels_where_it_waits() -> None:
     query = recipients_needed(QUEUED, QUEUED_DATA)
-    assert query == RecipientQuery(supervisors_of_station="M-3604", station_channels_of="M-3604")
+    assert query == RecipientQuery(supervisors_of=("M-3604",), station_channels_of="M-3604")
 
 
 @pytest.mark.parametrize("event_type", [SLA_WARNING, SLA_BREACHED])
 def test_sla_events_need_supervisors_of_the_case_station(event_type: str) -> None:
-    assert recipients_needed(event_type, SLA_DATA) == RecipientQuery(supervisors_of_station="T-360402101")
+    assert recipients_needed(event_type, SLA_DATA) == RecipientQuery(supervisors_of=("T-360402101",))
+
+
+def test_accept_warning_reminds_only_the_worker_holding_the_offer() -> None:
+    data = _base(deadline="2024-06-03T06:30:00Z", kind="accept", worker_id="w-0001")
+    assert recipients_needed(SLA_WARNING, data) == RecipientQuery(user_ids=["w-0001"])
+
+
+def test_resolve_breach_reaches_the_worker_holding_the_case_and_the_station_supervisors() -> None:
+    data = _base(deadline="2024-06-10T02:00:00Z", kind="resolve", worker_id="w-0001")
+    query = recipients_needed(SLA_BREACHED, data)
+    assert query == RecipientQuery(user_ids=["w-0001"], supervisors_of=("T-360402101",))
+
+
+def test_crisis_routing_informs_the_supervisors_the_rule_names() -> None:
+    data = _base(status="routed", rule="crisis", reason="risk critical", notify_stations=["C-360402"])
+    assert recipients_needed(ROUTED, data) == RecipientQuery(supervisors_of=("C-360402",))
+    pushes = plan_pushes(ROUTED, data, EVENT_ID, [SUPERVISOR])
+    assert {push.purpose for push in pushes} == {"escalation"}
+    assert "T-360402101" in pushes[0].body["text"]
+
+
+def test_routing_without_notify_stations_pushes_nothing() -> None:
+    data = _base(status="routed", rule="default", reason="fell through")
+    assert recipients_needed(ROUTED, data).is_empty
+    assert plan_pushes(ROUTED, data, EVENT_ID, [SUPERVISOR]) == []
 
 
 @pytest.mark.parametrize(

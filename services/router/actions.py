@@ -1,0 +1,180 @@
+"""What a worker's or supervisor's action does to a case, or why it cannot (pure, no I/O).
+
+Workers answer the offer they hold and work their cases; supervisors of the case's station or
+any station above it close, escalate, refer back and assign. Status checks come first (conflict),
+then who may act (forbidden), then the arguments (invalid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from schemas.commands import CaseCommand
+from services.router.domain import Assignment, Station, certification_rank, tier_rank
+from services.router.lifecycle import (
+    HOLDING,
+    Actor,
+    CaseState,
+    CommandRefused,
+    Context,
+    Decision,
+    Emit,
+    offer_ended,
+    offer_to,
+    place,
+)
+
+_ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "accept": frozenset({"offered"}),
+    "decline": frozenset({"offered"}),
+    "start": frozenset({"accepted"}),
+    "resolve": frozenset({"accepted", "in_progress"}),
+    "close": frozenset({"received", "routed", "escalated", "offered", "queued", "accepted", "in_progress", "resolved"}),
+}
+_OPEN = frozenset({"routed", "escalated", "offered", "queued", "accepted", "in_progress"})
+
+
+def decide_command(state: CaseState, command: CaseCommand, actor: Actor | None, ctx: Context) -> Decision:
+    """Apply one person's action to the case, or raise CommandRefused saying why not."""
+    allowed = _ALLOWED_FROM.get(command.action, _OPEN)
+    if state.status not in allowed:
+        raise CommandRefused(
+            "conflict", f"cannot {command.action.replace('_', ' ')} a case that is {state.status.replace('_', ' ')}"
+        )
+    if command.action in ("accept", "decline", "start", "resolve"):
+        _require_assignee(state, actor, command.action)
+        return _worker_action(state, command, ctx)
+    scope = _require_supervisor(state, actor, command.action, ctx)
+    if command.action == "close":
+        return _close(state)
+    if command.action == "escalate":
+        return _escalate(state, ctx)
+    if command.action == "refer_back":
+        return _refer_back(state, command, scope, ctx)
+    return _assign(state, command, scope, ctx, assigned_by=str(command.actor_id))
+
+
+def _require_assignee(state: CaseState, actor: Actor | None, action: str) -> None:
+    if actor is None or actor.id != state.assignee_id:
+        raise CommandRefused("forbidden", f"only the worker holding the case may {action} it")
+
+
+def _require_supervisor(state: CaseState, actor: Actor | None, action: str, ctx: Context) -> Station:
+    home = actor.station_id if actor is not None and actor.role == "supervisor" else None
+    if home is None or home not in ctx.network.stations or not ctx.network.is_within(state.station_id, home):
+        what = action.replace("_", " ")
+        raise CommandRefused("forbidden", f"only a supervisor of the case's station or above may {what} it")
+    return ctx.network.stations[home]
+
+
+def _worker_action(state: CaseState, command: CaseCommand, ctx: Context) -> Decision:
+    worker = state.assignee_id
+    here = (state.tier, state.station_id)
+    if command.action == "decline":
+        return offer_ended(state, ctx, how="declined", reason=(command.reason or "").strip())
+    if command.action == "accept":
+        accepted = replace(state, status="accepted", accept_by=None, accept_warn_at=None)
+        return Decision(
+            accepted, (Emit("accepted", *here, {"worker_id": worker}),), ended_offer=(str(worker), "accepted")
+        )
+    if command.action == "start":
+        return Decision(replace(state, status="in_progress"), (Emit("started", *here, {"worker_id": worker}),))
+    fields: dict[str, Any] = {"worker_id": worker, "outcome": command.outcome}
+    return Decision(replace(state, status="resolved"), (Emit("resolved", *here, fields),), release=worker)
+
+
+def _withdrawn(state: CaseState) -> tuple[CaseState, str | None, tuple[str, str] | None]:
+    """Take the case from whoever holds it: their load is released, an open offer is withdrawn."""
+    holder = state.assignee_id if state.status in HOLDING else None
+    ended = (holder, "withdrawn") if holder is not None and state.status == "offered" else None
+    free = replace(state, assignee_id=None, accept_by=None, accept_warn_at=None)
+    return free, holder, ended
+
+
+def _close(state: CaseState) -> Decision:
+    holder = state.assignee_id if state.status in HOLDING else None
+    ended = (holder, "withdrawn") if holder is not None and state.status == "offered" else None
+    closed = replace(state, status="closed", accept_by=None, accept_warn_at=None)
+    event = Emit("closed", state.tier, state.station_id, {"worker_id": state.assignee_id})
+    return Decision(closed, (event,), release=holder, ended_offer=ended)
+
+
+def _escalate(state: CaseState, ctx: Context) -> Decision:
+    here = ctx.network.stations[state.station_id]
+    parent = ctx.network.parent(here)
+    if parent is None:
+        raise CommandRefused("conflict", f"the case is at {here.id}, the top station: there is no tier above")
+    free, holder, ended = _withdrawn(state)
+    up = Emit(
+        "escalated", parent.tier, parent.id, {"from_tier": here.tier, "from_station_id": here.id, "reason": "manual"}
+    )
+    raised = replace(free, status="escalated", tier=parent.tier, station_id=parent.id, floor_station_id=parent.id)
+    placed, events, offer = place(raised, parent, ctx)
+    return Decision(placed, (up, *events), release=holder, offer=offer, ended_offer=ended)
+
+
+def _refer_back(state: CaseState, command: CaseCommand, scope: Station, ctx: Context) -> Decision:
+    network = ctx.network
+    here = network.stations[state.station_id]
+    if command.station_id is not None:
+        target = network.stations.get(command.station_id)
+        if target is None:
+            raise CommandRefused("invalid", f"station_id: unknown station {command.station_id!r}")
+        if tier_rank(target.tier) >= tier_rank(here.tier) or not network.is_within(target.id, scope.id):
+            raise CommandRefused("invalid", f"station_id: {target.id} is not below the case's {here.tier} {here.id}")
+    else:
+        below = [s for s in network.path_up(state.facts.room_id) if tier_rank(s.tier) < tier_rank(here.tier)]
+        if not below:
+            raise CommandRefused("conflict", f"the case is at {here.tier} {here.id}: there is no tier below it")
+        target = below[-1]  # the highest station of the submitting room's path below the case
+    free, holder, ended = _withdrawn(state)
+    reason = (command.reason or "").strip() or "referred back by a supervisor"
+    back = Emit(
+        "referred_back", target.tier, target.id, {"from_tier": here.tier, "from_station_id": here.id, "reason": reason}
+    )
+    lowered = replace(
+        free, status="routed", tier=target.tier, station_id=target.id, floor_station_id=target.id, offer_tier=None
+    )
+    placed, events, offer = place(lowered, target, ctx)
+    return Decision(placed, (back, *events), release=holder, offer=offer, ended_offer=ended)
+
+
+def _assign(state: CaseState, command: CaseCommand, scope: Station, ctx: Context, *, assigned_by: str) -> Decision:
+    worker = ctx.network.worker(str(command.worker_id))
+    if worker is None:
+        raise CommandRefused("invalid", f"worker_id: unknown worker {command.worker_id!r}")
+    if not ctx.network.is_within(worker.station_id, scope.id):
+        raise CommandRefused("forbidden", f"worker {worker.id} works outside the supervisor's stations")
+    need = state.need
+    if worker.id == state.assignee_id and state.status in HOLDING:
+        raise CommandRefused("conflict", f"the case is already with worker {worker.id}")
+    if not worker.on_duty:
+        raise CommandRefused("conflict", f"worker {worker.id} is off duty")
+    if certification_rank(worker.certification) < certification_rank(need.certification):
+        raise CommandRefused(
+            "conflict", f"worker {worker.id} is certified {worker.certification}; the case needs {need.certification}"
+        )
+    if worker.load + need.weight > worker.capacity:
+        raise CommandRefused(
+            "conflict", f"worker {worker.id} has no capacity left ({worker.load} of {worker.capacity} in use)"
+        )
+    free, holder, ended = _withdrawn(state)
+    station = ctx.network.stations[worker.station_id]
+    assignment = Assignment(
+        worker_id=worker.id,
+        station_id=station.id,
+        tier=station.tier,
+        score=worker.load_ratio,
+        accept_by=ctx.now + ctx.policy.sla[state.facts.risk_level].accept,
+        weight=need.weight,
+        candidates_considered=1,
+    )
+    explanation = {
+        "manual": True,
+        "assigned_by": assigned_by,
+        "specialty_matches": need.specialty in worker.specialties,
+        "outcome": {"assigned": worker.id, "station_id": station.id, "score": round(worker.load_ratio, 4)},
+    }
+    offered, assigned = offer_to(free, assignment, ctx, explanation=explanation)
+    return Decision(offered, (assigned,), release=holder, offer=assignment, ended_offer=ended)

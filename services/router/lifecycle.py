@@ -1,0 +1,345 @@
+"""A case's life after routing: offers and their deadlines, fall-through to the next worker or the
+next tier, the resolve SLA, queued cases meeting new capacity, and people's actions (pure, no I/O).
+
+Every function takes the case's `CaseState` and a snapshot of the network and returns a
+`Decision`: the new state, the events to emit in order, whose load to release and whose capacity
+to reserve. The handler applies it in one transaction; if the reservation fails because another
+router took the capacity meanwhile, it decides again on a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from services.router.domain import (
+    Assignment,
+    CaseFacts,
+    Need,
+    Network,
+    Placement,
+    Station,
+    explain_placement,
+    find_placement,
+    need_for,
+    route_new_case,
+)
+
+if TYPE_CHECKING:
+    from services.router.policy import Policy
+
+# The assignee holds `need.weight` of their capacity while the case is in one of these.
+HOLDING = frozenset({"offered", "accepted", "in_progress"})
+FINISHED = frozenset({"resolved", "closed"})
+WARNING_SHARE = 0.8  # sla_warning fires when this share of a deadline's window has passed
+
+OfferEnd = Literal["declined", "offer_expired"]
+
+
+class CommandRefused(Exception):
+    """A person's action that cannot be applied; `outcome` is conflict, forbidden or invalid."""
+
+    def __init__(self, outcome: Literal["conflict", "forbidden", "invalid"], message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The user behind a command, as the directory knows them."""
+
+    id: str
+    role: str
+    station_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseState:
+    """Where a case is, who holds it, and which of its deadlines are still to fire."""
+
+    facts: CaseFacts
+    status: str
+    tier: str
+    station_id: str
+    rule: str
+    need: Need
+    target_station_id: str  # where its rule sent it; a refer-back without a station returns below here
+    floor_station_id: str  # the lowest station it may still be placed at (raised by escalations)
+    resolve_by: datetime
+    resolve_warn_at: datetime | None  # None once the warning fired
+    resolve_breached: bool = False
+    assignee_id: str | None = None
+    accept_by: datetime | None = None
+    accept_warn_at: datetime | None = None  # None once the warning fired, or with no offer out
+    offer_tier: str | None = None
+    offers_at_tier: int = 0
+    passed_over: frozenset[str] = frozenset()  # workers who declined it or let an offer lapse
+
+    @property
+    def next_due_at(self) -> datetime | None:
+        """When the sweep must look at this case next, or None if no deadline is pending."""
+        due = [self.accept_warn_at, self.accept_by] if self.status == "offered" else []
+        if self.status not in FINISHED:
+            due += [self.resolve_warn_at, None if self.resolve_breached else self.resolve_by]
+        return min((moment for moment in due if moment is not None), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """One event to emit; status comes from the event's name, sequence from the case head."""
+
+    name: str
+    tier: str
+    station_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: CaseState
+    events: tuple[Emit, ...]
+    release: str | None = None  # this worker's load drops by the case's weight
+    offer: Assignment | None = None  # reserve this worker's capacity and record the offer
+    ended_offer: tuple[str, str] | None = None  # (worker id, accepted|declined|expired|withdrawn)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every decision may consult besides the case itself."""
+
+    policy: Policy
+    network: Network
+    now: datetime
+    served_before: frozenset[str] = frozenset()
+
+
+def _warn_at(start: datetime, deadline: datetime) -> datetime:
+    return start + (deadline - start) * WARNING_SHARE
+
+
+def admit(case: CaseFacts, ctx: Context, *, received_at: datetime) -> Decision:
+    """Route a newly received case: routed → escalated… → assigned | queued."""
+    outcome = route_new_case(case, policy=ctx.policy, network=ctx.network, now=ctx.now, served_before=ctx.served_before)
+    rule = ctx.policy.match(case.category, case.risk_level)
+    resolve_by = received_at + ctx.policy.sla[case.risk_level].resolve
+    state = CaseState(
+        facts=case,
+        status="routed",
+        tier=outcome.target_tier,
+        station_id=outcome.target_station_id,
+        rule=rule.name,
+        need=need_for(case, rule, ctx.policy),
+        target_station_id=outcome.target_station_id,
+        floor_station_id=outcome.target_station_id,
+        resolve_by=resolve_by,
+        resolve_warn_at=_warn_at(received_at, resolve_by),
+    )
+    routed = Emit(
+        "routed",
+        outcome.target_tier,
+        outcome.target_station_id,
+        {
+            "rule": outcome.rule,
+            "reason": outcome.reason,
+            "policy_version": outcome.policy_version,
+            "resolve_by": resolve_by,
+            "notify_stations": outcome.notify_station_ids or None,
+            "explanation": outcome.explanation,
+        },
+    )
+    escalations = tuple(
+        Emit(
+            "escalated",
+            step.to_tier,
+            step.to_station_id,
+            {"from_tier": step.from_tier, "from_station_id": step.from_station_id, "reason": step.reason},
+        )
+        for step in outcome.escalations
+    )
+    if outcome.assignment is None:
+        station = ctx.network.stations[outcome.station_id]
+        queued = _queue(state, station)
+        return Decision(queued, (routed, *escalations, _queued_event(station)))
+    offered, assigned = offer_to(state, outcome.assignment, ctx, explanation=outcome.explanation)
+    return Decision(offered, (routed, *escalations, assigned), offer=outcome.assignment)
+
+
+def moved(name: str, source: Station, to: Station, *, reason: str) -> Emit:
+    """An `escalated` or `referred_back` event from one station to another."""
+    return Emit(name, to.tier, to.id, {"from_tier": source.tier, "from_station_id": source.id, "reason": reason})
+
+
+def _queue(state: CaseState, station: Station) -> CaseState:
+    return replace(
+        state,
+        status="queued",
+        tier=station.tier,
+        station_id=station.id,
+        assignee_id=None,
+        accept_by=None,
+        accept_warn_at=None,
+    )
+
+
+def _queued_event(station: Station) -> Emit:
+    return Emit("queued", station.tier, station.id, {"waiting_at": station.id})
+
+
+def offer_to(
+    state: CaseState, assignment: Assignment, ctx: Context, *, explanation: dict[str, Any]
+) -> tuple[CaseState, Emit]:
+    """The case offered to the assignment's worker, and its `assigned` event."""
+    same_tier = state.offer_tier == assignment.tier
+    offered = replace(
+        state,
+        status="offered",
+        tier=assignment.tier,
+        station_id=assignment.station_id,
+        assignee_id=assignment.worker_id,
+        accept_by=assignment.accept_by,
+        accept_warn_at=_warn_at(ctx.now, assignment.accept_by),
+        offer_tier=assignment.tier,
+        offers_at_tier=state.offers_at_tier + 1 if same_tier else 1,
+    )
+    event = Emit(
+        "assigned",
+        assignment.tier,
+        assignment.station_id,
+        {
+            "worker_id": assignment.worker_id,
+            "accept_by": assignment.accept_by,
+            "candidates_considered": assignment.candidates_considered,
+            "score": assignment.score,
+            "explanation": {"rule": state.rule, "policy_version": ctx.policy.version, **explanation},
+        },
+    )
+    return offered, event
+
+
+def place(state: CaseState, start: Station, ctx: Context) -> tuple[CaseState, tuple[Emit, ...], Assignment | None]:
+    """Search from `start` (lateral, then upwards) and offer the case or queue it at the top."""
+    placement = find_placement(
+        network=ctx.network,
+        start=start,
+        need=state.need,
+        lateral=ctx.policy.lateral,
+        served_before=ctx.served_before,
+        exclude_workers=state.passed_over,
+    )
+    explanation = explain_placement(state.need, placement)
+    escalations = tuple(
+        Emit(
+            "escalated",
+            step.to_tier,
+            step.to_station_id,
+            {
+                "from_tier": step.from_tier,
+                "from_station_id": step.from_station_id,
+                "reason": step.reason,
+                "explanation": explanation,
+            },
+        )
+        for step in placement.escalations
+    )
+    assignment = _assignment(placement, state, ctx)
+    if assignment is None:
+        return _queue(state, placement.station), (*escalations, _queued_event(placement.station)), None
+    offered, assigned = offer_to(state, assignment, ctx, explanation=explanation)
+    return offered, (*escalations, assigned), assignment
+
+
+def _assignment(placement: Placement, state: CaseState, ctx: Context) -> Assignment | None:
+    best = placement.best
+    if best is None:
+        return None
+    return Assignment(
+        worker_id=best.worker.id,
+        station_id=placement.station.id,
+        tier=placement.station.tier,
+        score=best.load_ratio,
+        accept_by=ctx.now + ctx.policy.sla[state.facts.risk_level].accept,
+        weight=state.need.weight,
+        candidates_considered=len(placement.ranked),
+    )
+
+
+def offer_ended(state: CaseState, ctx: Context, *, how: OfferEnd, reason: str | None = None) -> Decision:
+    """The offered worker declined or let the offer lapse: next candidate at this tier, or up a tier
+    once `offers_per_tier` offers were made here (CONTRACT §6)."""
+    worker = state.assignee_id
+    assert worker is not None and state.status == "offered", "only an outstanding offer can end"
+    fields: dict[str, Any] = {"worker_id": worker} | ({"reason": reason} if how == "declined" else {})
+    ended = Emit(how, state.tier, state.station_id, fields)
+    waiting = replace(
+        state,
+        status="routed",
+        assignee_id=None,
+        accept_by=None,
+        accept_warn_at=None,
+        passed_over=state.passed_over | {worker},
+    )
+    here = ctx.network.stations[state.station_id]
+    record = (worker, "declined" if how == "declined" else "expired")
+    if state.offers_at_tier < ctx.policy.offers_per_tier:
+        placed, events, offer = place(waiting, here, ctx)
+        return Decision(placed, (ended, *events), release=worker, offer=offer, ended_offer=record)
+    parent = ctx.network.parent(here)
+    if parent is None:  # offers used up at the top: wait there for someone new or a supervisor
+        return Decision(_queue(waiting, here), (ended, _queued_event(here)), release=worker, ended_offer=record)
+    up = moved("escalated", here, parent, reason=how)
+    raised = replace(waiting, floor_station_id=parent.id, tier=parent.tier, station_id=parent.id)
+    placed, events, offer = place(raised, parent, ctx)
+    return Decision(placed, (ended, up, *events), release=worker, offer=offer, ended_offer=record)
+
+
+def fire_due(state: CaseState, ctx: Context) -> Decision | None:
+    """Fire every deadline of the case that has passed, each exactly once; None if none has."""
+    now = ctx.now
+    events: list[Emit] = []
+    decision: Decision | None = None
+    current = state
+    if current.status == "offered" and current.accept_warn_at is not None and now >= current.accept_warn_at:
+        events.append(_sla("sla_warning", current, current.accept_by, "accept"))
+        current = replace(current, accept_warn_at=None)
+    if current.status == "offered" and current.accept_by is not None and now >= current.accept_by:
+        decision = offer_ended(current, ctx, how="offer_expired")
+        events.extend(decision.events)
+        current = decision.state
+    if current.status not in FINISHED:
+        if current.resolve_warn_at is not None and now >= current.resolve_warn_at:
+            events.append(_sla("sla_warning", current, current.resolve_by, "resolve"))
+            current = replace(current, resolve_warn_at=None)
+        if not current.resolve_breached and now >= current.resolve_by:
+            events.append(_sla("sla_breached", current, current.resolve_by, "resolve"))
+            current = replace(current, resolve_breached=True)
+    if not events:
+        return None
+    if decision is None:
+        return Decision(current, tuple(events))
+    return replace(decision, state=current, events=tuple(events))
+
+
+def _sla(name: str, state: CaseState, deadline: datetime | None, kind: str) -> Emit:
+    holder = state.assignee_id if state.status in HOLDING else None
+    return Emit(name, state.tier, state.station_id, {"deadline": deadline, "kind": kind, "worker_id": holder})
+
+
+def offer_queued(state: CaseState, ctx: Context) -> Decision | None:
+    """Offer a queued case if capacity appeared anywhere from its floor upwards; None if not yet."""
+    if state.status != "queued":
+        return None
+    placement = find_placement(
+        network=ctx.network,
+        start=ctx.network.stations[state.floor_station_id],
+        need=state.need,
+        lateral=ctx.policy.lateral,
+        served_before=ctx.served_before,
+        exclude_workers=state.passed_over,
+    )
+    assignment = _assignment(placement, state, ctx)
+    if assignment is None:
+        return None
+    offered, assigned = offer_to(state, assignment, ctx, explanation=explain_placement(state.need, placement))
+    return Decision(offered, (assigned,), offer=assignment)

@@ -1,0 +1,158 @@
+"""The router's clock: fires passed deadlines and offers queued cases when capacity appears.
+
+Every router replica runs a sweep. Deadlines live in router.cases (`next_due_at`), so they
+survive restarts: a router started after a deadline passed fires it on its first tick. A due case
+is claimed with FOR UPDATE SKIP LOCKED and handled in its own transaction, so replicas share the
+work and each deadline takes effect exactly once (its event and the cleared deadline commit together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from sqlalchemy import case, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.router import tables
+from services.router.handlers import NetworkCache, decide_and_apply, lock_case, state_from_row
+from services.router.lifecycle import CaseState, Context, fire_due, offer_queued
+from services.router.policy import Policy
+from services.shared.db import is_transient_db_error, transaction
+from services.shared.logging import get_logger
+from services.shared.time import utc_now
+
+log = get_logger(__name__)
+
+# Most urgent first: risk, then the longest wait.
+_URGENCY = case({"critical": 0, "high": 1, "medium": 2}, value=tables.cases.c.risk_level, else_=3)
+
+
+class DeadlineSweep:
+    """A background task that ticks every `interval` seconds."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        policy: Policy,
+        *,
+        interval: float = 1.0,
+        batch: int = 1000,
+    ) -> None:
+        self._sessions = sessions
+        self._policy = policy
+        self._interval = interval
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self.fired = 0
+        self.offered_from_queue = 0
+
+    async def start(self) -> None:
+        """Tick in the background until stopped."""
+        self._task = asyncio.create_task(self._run(), name="router-sweep")
+
+    async def stop(self) -> None:
+        """Stop between two transactions; whatever is due stays due for the next router."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be restarting: keep ticking
+                level = log.warning if is_transient_db_error(exc) else log.error
+                level("router.sweep_failed", error=repr(exc))
+            await asyncio.sleep(self._interval)
+
+    async def tick(self) -> None:
+        """Fire what is due, then offer queued cases if capacity may have appeared."""
+        networks = NetworkCache()
+        while await self._fire_next(networks):
+            pass
+        await self._offer_queued(networks)
+
+    async def _fire_next(self, networks: NetworkCache) -> bool:
+        async with transaction(self._sessions) as session:
+            cases = tables.cases.c
+            row = (
+                (
+                    await session.execute(
+                        select(tables.cases)
+                        .where(cases.next_due_at <= utc_now())
+                        .order_by(cases.next_due_at)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return False
+            state = state_from_row(row)
+            decision = await decide_and_apply(
+                session,
+                state,
+                lambda ctx: fire_due(state, ctx),
+                policy=self._policy,
+                resident_ref=state.facts.resident_ref,
+                networks=networks,
+            )
+            if decision is None:  # nothing was due after all: recompute so the case is not claimed again
+                await session.execute(
+                    tables.cases.update().where(cases.case_id == state.facts.case_id).values(next_due_at=None)
+                )
+                log.warning("router.sweep_nothing_due", case_id=state.facts.case_id)
+            else:
+                self.fired += 1
+                log.info("router.deadline_fired", case_id=state.facts.case_id, events=[e.name for e in decision.events])
+            return True
+
+    async def _offer_queued(self, networks: NetworkCache) -> None:
+        # Every tick, not only after a visible change: a release committed by another router
+        # moments after our snapshot leaves no trace we could wait for, and checking the queue
+        # against a snapshot in memory costs microseconds per case.
+        cases = tables.cases.c
+        async with self._sessions() as session:
+            rows = (
+                (
+                    await session.execute(
+                        select(tables.cases)
+                        .where(cases.status == "queued")
+                        .order_by(_URGENCY, cases.updated_at)
+                        .limit(self._batch)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            network = await networks.get(session)
+        for row in rows:
+            state = state_from_row(row)
+            # Tried on the snapshot first: only a case that would be placed costs a transaction.
+            if offer_queued(state, Context(self._policy, network, utc_now())) is None:
+                continue
+            if await self._offer_one(state.facts.case_id, networks):
+                self.offered_from_queue += 1
+                async with self._sessions() as session:
+                    network = await networks.get(session)
+
+    async def _offer_one(self, case_id: str, networks: NetworkCache) -> bool:
+        async with transaction(self._sessions) as session:
+            state: CaseState | None = await lock_case(session, case_id, skip_locked=True)
+            if state is None or state.status != "queued":
+                return False
+            decision = await decide_and_apply(
+                session,
+                state,
+                lambda ctx: offer_queued(state, ctx),
+                policy=self._policy,
+                resident_ref=state.facts.resident_ref,
+                networks=networks,
+            )
+            return decision is not None
