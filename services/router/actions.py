@@ -121,7 +121,10 @@ def _refer_back(state: CaseState, command: CaseCommand, scope: Station, ctx: Con
         target = network.stations.get(command.station_id)
         if target is None:
             raise CommandRefused("invalid", f"station_id: unknown station {command.station_id!r}")
-        if tier_rank(target.tier) >= tier_rank(here.tier) or not network.is_within(target.id, scope.id):
+        # Below the case, and either in the supervisor's own subtree or on the submitting room's path
+        # (where a case placed laterally came from): the same places the default may send it.
+        on_path = network.is_within(state.facts.room_id, target.id)
+        if tier_rank(target.tier) >= tier_rank(here.tier) or not (on_path or network.is_within(target.id, scope.id)):
             raise CommandRefused("invalid", f"station_id: {target.id} is not below the case's {here.tier} {here.id}")
     else:
         below = [s for s in network.path_up(state.facts.room_id) if tier_rank(s.tier) < tier_rank(here.tier)]
@@ -134,7 +137,7 @@ def _refer_back(state: CaseState, command: CaseCommand, scope: Station, ctx: Con
         "referred_back", target.tier, target.id, {"from_tier": here.tier, "from_station_id": here.id, "reason": reason}
     )
     lowered = replace(
-        free, status="routed", tier=target.tier, station_id=target.id, floor_station_id=target.id, offer_tier=None
+        free, status="routed", tier=target.tier, station_id=target.id, floor_station_id=target.id, offers_made={}
     )
     placed, events, offer = place(lowered, target, ctx)
     return Decision(placed, (back, *events), release=holder, offer=offer, ended_offer=ended)

@@ -139,8 +139,7 @@ def state_from_row(row: RowMapping) -> CaseState:
         assignee_id=row["assignee_id"],
         accept_by=row["accept_by"],
         accept_warn_at=row["accept_warn_at"],
-        offer_tier=row["offer_tier"],
-        offers_at_tier=row["offers_at_tier"],
+        offers_made=dict(row["offers_made"]),
         passed_over=frozenset(row["passed_over"]),
     )
 
@@ -168,8 +167,7 @@ def _row_from_state(state: CaseState, *, received_at: datetime | None = None) ->
         "resolve_by": state.resolve_by,
         "resolve_warn_at": state.resolve_warn_at,
         "resolve_breached": state.resolve_breached,
-        "offer_tier": state.offer_tier,
-        "offers_at_tier": state.offers_at_tier,
+        "offers_made": state.offers_made,
         "passed_over": sorted(state.passed_over),
         "next_due_at": state.next_due_at,
         "updated_at": utc_now(),

@@ -73,9 +73,15 @@ class CaseState:
     assignee_id: str | None = None
     accept_by: datetime | None = None
     accept_warn_at: datetime | None = None  # None once the warning fired, or with no offer out
-    offer_tier: str | None = None
-    offers_at_tier: int = 0
+    # Offers made per tier over the case's life: a tier that let offers lapse before, then gets
+    # the case back from the queue, does not get a fresh allowance. A refer-back starts afresh.
+    offers_made: dict[str, int] = field(default_factory=dict)
     passed_over: frozenset[str] = frozenset()  # workers who declined it or let an offer lapse
+
+    @property
+    def offers_at_tier(self) -> int:
+        """Offers made so far at the tier the case is at."""
+        return self.offers_made.get(self.tier, 0)
 
     @property
     def next_due_at(self) -> datetime | None:
@@ -191,7 +197,6 @@ def offer_to(
     state: CaseState, assignment: Assignment, ctx: Context, *, explanation: dict[str, Any]
 ) -> tuple[CaseState, Emit]:
     """The case offered to the assignment's worker, and its `assigned` event."""
-    same_tier = state.offer_tier == assignment.tier
     offered = replace(
         state,
         status="offered",
@@ -200,8 +205,7 @@ def offer_to(
         assignee_id=assignment.worker_id,
         accept_by=assignment.accept_by,
         accept_warn_at=_warn_at(ctx.now, assignment.accept_by),
-        offer_tier=assignment.tier,
-        offers_at_tier=state.offers_at_tier + 1 if same_tier else 1,
+        offers_made={**state.offers_made, assignment.tier: state.offers_made.get(assignment.tier, 0) + 1},
     )
     event = Emit(
         "assigned",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, DateTime, Index, Integer, Table, Text, func
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from services.shared.db import metadata
 
@@ -36,8 +36,7 @@ cases = Table(
     Column("resolve_by", DateTime(timezone=True), nullable=False),
     Column("resolve_warn_at", DateTime(timezone=True), nullable=True),
     Column("resolve_breached", Boolean, nullable=False, server_default="false"),
-    Column("offer_tier", Text, nullable=True),
-    Column("offers_at_tier", Integer, nullable=False, server_default="0"),
+    Column("offers_made", JSONB, nullable=False, server_default="{}"),  # tier -> offers made there
     Column("passed_over", ARRAY(Text), nullable=False, server_default="{}"),
     # The earliest pending deadline: the sweep claims due cases through this index with
     # FOR UPDATE SKIP LOCKED, so each deadline is handled by one router replica.

@@ -32,15 +32,13 @@ def upgrade() -> None:
     add(sa.Column("resolve_by", _TIMESTAMP, nullable=True))
     add(sa.Column("resolve_warn_at", _TIMESTAMP, nullable=True))
     add(sa.Column("resolve_breached", sa.Boolean(), nullable=False, server_default="false"))
-    add(sa.Column("offer_tier", sa.Text(), nullable=True))
-    add(sa.Column("offers_at_tier", sa.Integer(), nullable=False, server_default="0"))
+    add(sa.Column("offers_made", postgresql.JSONB(astext_type=sa.Text()), nullable=False, server_default="{}"))
     add(sa.Column("passed_over", postgresql.ARRAY(sa.Text()), nullable=False, server_default="{}"))
     add(sa.Column("next_due_at", _TIMESTAMP, nullable=True))
     op.execute(
         "UPDATE router.cases SET need_specialty = category, target_station_id = station_id, "
         "floor_station_id = station_id, received_at = created_at, resolve_by = created_at + interval '30 days', "
-        "offer_tier = CASE WHEN status = 'offered' THEN tier END, "
-        "offers_at_tier = CASE WHEN status = 'offered' THEN 1 ELSE 0 END, "
+        "offers_made = CASE WHEN status = 'offered' THEN jsonb_build_object(tier, 1) ELSE '{}' END, "
         "next_due_at = CASE WHEN status = 'offered' THEN accept_by ELSE created_at + interval '30 days' END"
     )
     for name in ("need_specialty", "target_station_id", "floor_station_id", "received_at", "resolve_by"):
@@ -54,8 +52,7 @@ def downgrade() -> None:
     for name in (
         "next_due_at",
         "passed_over",
-        "offers_at_tier",
-        "offer_tier",
+        "offers_made",
         "resolve_breached",
         "resolve_warn_at",
         "resolve_by",
