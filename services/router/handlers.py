@@ -213,6 +213,9 @@ async def decide_and_apply(
         decision = decide(Context(policy, await networks.get(session), utc_now(), served))
         if decision is None:
             return None
+        # Two routers moving load between the same two workers in opposite directions would
+        # deadlock; taking both rows in worker-id order first makes them queue instead.
+        await _lock_workers(session, decision)
         # Released before reserving, so the worker's own freed capacity counts if they are chosen again.
         if decision.release is not None and decision.release != released:
             await release_capacity(session, decision.release, decision.state.need.weight)
@@ -228,6 +231,15 @@ async def decide_and_apply(
     await _store(session, state, decision, received_at=received_at)
     await _emit(session, decision)
     return decision
+
+
+async def _lock_workers(session: AsyncSession, decision: Decision) -> None:
+    workers = sorted({w for w in (decision.release, decision.offer and decision.offer.worker_id) if w})
+    if len(workers) > 1:
+        await session.execute(
+            text("SELECT 1 FROM router.worker_load WHERE worker_id = ANY(:ids) ORDER BY worker_id FOR UPDATE"),
+            {"ids": workers},
+        )
 
 
 async def _store(
