@@ -154,17 +154,22 @@ def _policy_simulate(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _read_for_simulation(session: Any, network: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     """Read-only: the network with its current loads (unless given), and the most recent cases if asked."""
+    from dataclasses import replace
+
     from sqlalchemy import select, text
 
     from services.router import tables
-    from services.router.domain import CaseFacts
+    from services.router.domain import CaseFacts, Network
     from services.router.handlers import load_network
 
     await session.execute(text("SET TRANSACTION READ ONLY"))
-    if network is None:
-        network = await load_network(session)
     if not args.recorded:
-        return network, None
+        return network or await load_network(session), None
+    if network is None:
+        # The recorded cases are replayed from the start, so today's load (which they partly
+        # make up) would count them twice: they replay onto the same workers, all idle.
+        live = await load_network(session)
+        network = Network(live.stations, [replace(worker, load=0) for worker in live.workers])
     cases = tables.cases.c
     rows = await session.execute(
         select(cases.case_id, cases.room_id, cases.category, cases.risk_level, cases.resident_ref)
