@@ -62,6 +62,7 @@ class AssignedData(CaseEventData):
     accept_by: UtcDatetime
     candidates_considered: int = Field(ge=0)
     score: float
+    weight: int | None = Field(default=None, ge=1, description="the share of the worker's capacity the case takes")
     explanation: dict[str, Any] | None = None
 
 

@@ -25,7 +25,7 @@ _SOURCE_PARTITIONS: dict[str, int] = {
 }
 
 # Topics our services consume, and so the ones that need a dead-letter topic.
-CONSUMED_TOPICS: tuple[str, ...] = (REFERRALS_SUBMITTED, CASE_EVENTS, CASE_COMMANDS)
+CONSUMED_TOPICS: tuple[str, ...] = (REFERRALS_SUBMITTED, CASE_EVENTS, CASE_COMMANDS, CASE_COMMAND_RESULTS)
 
 # A DLQ keeps the source's partition count so a message can keep its key's partition.
 TOPIC_PARTITIONS: dict[str, int] = {

@@ -95,6 +95,13 @@ def _token_create(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(str(exc)) from None
 
 
+def _token_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    from services.shared.directory import revoke_tokens
+
+    revoked = _with_session(settings, lambda session: revoke_tokens(session, user_id=args.user))
+    print(f"revoked {revoked} token(s) of {args.user}")
+
+
 def _policy_check(settings: Settings, args: argparse.Namespace) -> None:
     from services.router.policy import PolicyError, describe_policy, load_policy
 
@@ -221,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="print a new bearer token for a user")
     create.add_argument("--user", required=True)
     create.set_defaults(handler=_token_create, service="cli")
+    revoke = token.add_parser("revoke", help="revoke every live token of a user")
+    revoke.add_argument("--user", required=True)
+    revoke.set_defaults(handler=_token_revoke, service="cli")
 
     policy = commands.add_parser("policy", help="routing policy").add_subparsers(dest="policy_command", required=True)
     check = policy.add_parser("check", help="validate a policy and print its rules in evaluation order")

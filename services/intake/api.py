@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.referral import ReferralSubmission
 from services.intake import tables
+from services.intake.access import CurrentUser, sessions_of, settings_of, visible_case
 from services.intake.domain import SubmissionInvalid, may_submit_for
 from services.intake.errors import ApiError
 from services.intake.handlers import accept_submission
 from services.shared.db import transaction
-from services.shared.directory import User, ancestors, authenticate
-from services.shared.settings import Settings
 
 REFERRALS = Counter("caselink_referrals_total", "Referrals received over HTTP", ["outcome"])
-bearer = HTTPBearer(auto_error=False)
 
 
 class ReferralAccepted(BaseModel):
@@ -32,28 +28,6 @@ class ReferralAccepted(BaseModel):
     status: str = "received"
 
 
-def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
-    return request.app.state.sessions
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-async def current_user(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> User:
-    """The user of the bearer token, or 401."""
-    if credentials is None:
-        raise ApiError(401, "an Authorization: Bearer <token> header is required")
-    async with _sessions(request)() as session:
-        user = await authenticate(session, credentials.credentials)
-    if user is None:
-        raise ApiError(401, "the bearer token is unknown or revoked")
-    return user
-
-
-CurrentUser = Annotated[User, Depends(current_user)]
 router = APIRouter()
 
 
@@ -72,14 +46,14 @@ async def submit_referral(
         raise ApiError(403, "a worker submits referrals in their own name (submitted_by)")
     key = idempotency_key or (str(submission.submission_id) if submission.submission_id else None)
     try:
-        async with transaction(_sessions(request)) as session:
+        async with transaction(sessions_of(request)) as session:
             accepted = await accept_submission(
                 session,
                 submission,
                 submitted_by=submission.submitted_by or user.id,
                 idempotency_source=f"http:{user.id}",
                 idempotency_key=key,
-                resident_key=_settings(request).resident_ref_key,
+                resident_key=settings_of(request).resident_ref_key,
             )
     except SubmissionInvalid as invalid:
         REFERRALS.labels("invalid").inc()
@@ -88,26 +62,11 @@ async def submit_referral(
     return ReferralAccepted(case_id=accepted.case_id)
 
 
-async def _may_read(session: AsyncSession, user: User, case: Any) -> bool:
-    if user.role == "system":
-        return True
-    if user.role == "worker" and user.id == case.assignee_id:
-        return True
-    if user.station_id is None:
-        return False
-    # Anyone whose station is on the case's path (its room, its current station) or above it.
-    above = set(await ancestors(session, case.room_id)) | set(await ancestors(session, case.station_id))
-    return user.station_id in above
-
-
 @router.get("/v1/cases/{case_id}", tags=["cases"])
 async def get_case(request: Request, case_id: str, user: CurrentUser) -> dict[str, Any]:
     """The case: status, tier, station, assignee, deadlines and its timeline of events."""
-    async with _sessions(request)() as session:
-        case = (await session.execute(select(tables.cases).where(tables.cases.c.case_id == case_id))).first()
-        # 404 rather than 403 out of scope: whether a case exists is itself information.
-        if case is None or not await _may_read(session, user, case):
-            raise ApiError(404, f"no case '{case_id}' visible to this user")
+    async with sessions_of(request)() as session:
+        case = await visible_case(session, user, case_id)
         timeline = (
             await session.execute(
                 select(tables.case_events.c.event)
@@ -151,7 +110,7 @@ async def readyz(request: Request) -> JSONResponse:
     """Readiness: the database answers and the broker connection is up."""
     checks = {"database": False, "broker": False}
     try:
-        async with _sessions(request)() as session:
+        async with sessions_of(request)() as session:
             await session.execute(text("SELECT 1"))
         checks["database"] = True
     except Exception:

@@ -1,18 +1,24 @@
-"""The intake service: HTTP API + consumers of caselink.referrals.submitted and caselink.case.events."""
+"""The intake service: HTTP API and dashboard, and the consumers of caselink.referrals.submitted,
+caselink.case.events (the read model) and caselink.case.command-results (verdicts on actions)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import cast
 
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.topics import CASE_EVENTS, REFERRALS_SUBMITTED
-from services.intake import handlers
+from schemas.commands import CommandResult
+from schemas.topics import CASE_COMMAND_RESULTS, CASE_EVENTS, REFERRALS_SUBMITTED
+from services.intake import actions, handlers, stream, views
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
@@ -22,12 +28,15 @@ from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
 
+STATIC = Path(__file__).parent / "static"
+
 
 def register_consumers(runtime: Runtime) -> None:
-    """Subscribe intake's two consumers on the runtime's broker."""
+    """Subscribe intake's three consumers on the runtime's broker."""
     settings = runtime.settings
     submissions = MessageConsumer("intake.submissions", runtime.sessions, max_attempts=settings.consumer_max_attempts)
     projection = MessageConsumer("intake.projection", runtime.sessions, max_attempts=settings.consumer_max_attempts)
+    verdicts = MessageConsumer("intake.command_results", runtime.sessions, max_attempts=settings.consumer_max_attempts)
 
     @runtime.broker.subscriber(REFERRALS_SUBMITTED, **runtime.subscriber_options("caselink-intake"))
     async def on_submission(msg: KafkaMessage) -> None:
@@ -76,6 +85,22 @@ def register_consumers(runtime: Runtime) -> None:
             record, message_id=str(event.id), work=lambda session: handlers.project_case_event(session, event)
         )
 
+    @runtime.broker.subscriber(CASE_COMMAND_RESULTS, **runtime.subscriber_options("caselink-intake-commands"))
+    async def on_command_result(msg: KafkaMessage) -> None:
+        record = cast(ConsumerRecord, msg.raw_message)
+        clear_message_context()
+        try:
+            result = CommandResult.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            await verdicts.dead_letter(record, f"invalid command result ({exc.error_count()} errors)")
+            return
+        bind_message_context(case_id=result.case_id, event_id=str(result.command_id))
+        await verdicts.process(
+            record,
+            message_id=str(result.command_id),
+            work=lambda session: handlers.record_command_result(session, result),
+        )
+
 
 def create_app(settings: Settings) -> FastAPI:
     """The runnable intake service (serve with uvicorn)."""
@@ -106,6 +131,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.broker_ready = broker_ready
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(actions.router)
+    app.include_router(views.router)
+    app.include_router(stream.router)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        """The supervisor dashboard (static; signs in with a bearer token)."""
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     if settings.demo_inbox:
         from services.intake.demo_inbox import router as demo_router
 

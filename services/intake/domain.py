@@ -7,6 +7,9 @@ import hashlib
 import hmac
 import json
 import unicodedata
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -89,3 +92,51 @@ def parse_kafka_submission(raw: bytes | None) -> KafkaReferralSubmission:
         return KafkaReferralSubmission.model_validate(document)
     except ValidationError as exc:
         raise SubmissionInvalid(validation_errors(exc), submission_id=submission_id) from None
+
+
+# Statuses in which the assignee holds the case (and its weight counts against their capacity).
+HOLDING_STATUSES = ("offered", "accepted", "in_progress")
+# A case taken by someone, or sent down, leaves the queue; after a breach only finishing it does.
+_TAKEN = frozenset({"assigned", "accepted", "referred_back"})
+_FINISHED = frozenset({"resolved", "closed"})
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A case's place on the escalation queue: why, where and since when; closed once handled."""
+
+    reason: str | None = None
+    station_id: str | None = None
+    since: datetime | None = None
+    closed_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the case waits on the queue now."""
+        return self.reason is not None and self.closed_at is None
+
+
+def next_queue_entry(name: str, data: dict[str, Any], at: datetime, entry: QueueEntry) -> QueueEntry:
+    """The queue entry after a case event: escalations and queueing open it, an SLA breach
+    opens it until the case is finished, a supervisor's or worker's taking the case closes it."""
+    since = entry.since if entry.is_open else at
+    if name == "escalated":
+        return QueueEntry(str(data["reason"]), str(data["station_id"]), since)
+    if name == "queued":
+        reason = entry.reason if entry.is_open else "no_capacity"
+        return QueueEntry(reason, str(data["waiting_at"]), since)
+    if name == "sla_breached" and data.get("kind") == "resolve":
+        return QueueEntry("sla_breach", str(data["station_id"]), since)
+    if entry.is_open and (name in _FINISHED or (name in _TAKEN and entry.reason != "sla_breach")):
+        return replace(entry, closed_at=at)
+    return entry
+
+
+def may_see_case(user: User, *, assignee_id: str | None, room_id: str, stations_on_path: set[str]) -> bool:
+    """Whether a user may see a case: system users all; workers the cases they hold and their
+    room submitted; supervisors the cases whose room or current station is theirs or below it."""
+    if user.role == "system":
+        return True
+    if user.role == "worker":
+        return user.id == assignee_id or (user.station_id is not None and user.station_id == room_id)
+    return user.role == "supervisor" and user.station_id in stations_on_path

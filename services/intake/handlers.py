@@ -10,11 +10,12 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import CaseEvent, EventSource
+from schemas.commands import CommandResult
+from schemas.events import CaseEvent, EventSource, event_name
 from schemas.referral import FieldError, ReferralSubmission, RejectedSubmission
 from schemas.topics import REFERRALS_REJECTED
 from services.intake import tables
-from services.intake.domain import SubmissionInvalid, resident_ref, room_problems
+from services.intake.domain import QueueEntry, SubmissionInvalid, next_queue_entry, resident_ref, room_problems
 from services.shared.directory import get_station
 from services.shared.logging import bind_message_context, get_logger
 from services.shared.outbox import emit_case_event, enqueue
@@ -121,7 +122,8 @@ async def reject_submission(session: AsyncSession, invalid: SubmissionInvalid, *
 
 
 async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
-    """Add an event to the case timeline and advance the read model (events may arrive out of order)."""
+    """Add an event to the case timeline and advance the read model and the escalation queue
+    (events may arrive out of order; only a newer one moves the case)."""
     data = event.data
     inserted = (
         await session.execute(
@@ -140,6 +142,13 @@ async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
     ).first()
     if inserted is None:
         return
+    cases = tables.cases.c
+    # Locked so two projections of the same case (a redelivery racing a replica) apply in turn.
+    current = (
+        await session.execute(select(tables.cases).where(cases.case_id == data.case_id).with_for_update())
+    ).first()
+    if current is None or current.last_sequence >= data.sequence:
+        return
     changes: dict[str, object] = {
         "status": str(data.status),
         "tier": str(data.tier),
@@ -147,14 +156,44 @@ async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
         "last_sequence": data.sequence,
         "updated_at": utc_now(),
     }
-    name = event.type.removeprefix("caselink.case.").removesuffix(".v1")
+    name = event_name(event.type)
+    fields = data.model_dump()
     if name == "assigned":
-        changes |= {"assignee_id": getattr(data, "worker_id", None), "accept_by": getattr(data, "accept_by", None)}
+        changes |= {
+            "assignee_id": fields["worker_id"],
+            "accept_by": fields["accept_by"],
+            "weight": fields.get("weight"),
+        }
+    elif name in {"accepted"}:
+        changes |= {"accept_by": None}
     elif name in {"declined", "offer_expired", "escalated", "queued", "referred_back"}:
         changes |= {"assignee_id": None, "accept_by": None}
-    # Only a newer event moves the status: the relay of another service may deliver an older one later.
+    entry = QueueEntry(
+        current.escalation_reason, current.escalation_station_id, current.escalated_at, current.escalation_closed_at
+    )
+    after = next_queue_entry(name, fields, event.time, entry)
+    if after != entry:
+        changes |= {
+            "escalation_reason": after.reason,
+            "escalation_station_id": after.station_id,
+            "escalated_at": after.since,
+            "escalation_closed_at": after.closed_at,
+        }
+    await session.execute(update(tables.cases).where(cases.case_id == data.case_id).values(changes))
+
+
+async def record_command_result(session: AsyncSession, result: CommandResult) -> None:
+    """Keep the router's verdict on a command for the HTTP request waiting on it."""
     await session.execute(
-        update(tables.cases)
-        .where(tables.cases.c.case_id == data.case_id, tables.cases.c.last_sequence < data.sequence)
-        .values(changes)
+        pg_insert(tables.command_results)
+        .values(
+            command_id=str(result.command_id),
+            case_id=result.case_id,
+            action=result.action,
+            outcome=result.outcome,
+            status=str(result.status) if result.status is not None else None,
+            message=result.message,
+            decided_at=result.decided_at,
+        )
+        .on_conflict_do_nothing()
     )

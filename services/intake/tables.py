@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, PrimaryKeyConstraint, Table, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, Integer, PrimaryKeyConstraint, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from services.shared.db import metadata
@@ -40,9 +40,18 @@ cases = Table(
     Column("station_id", Text, nullable=False),
     Column("assignee_id", Text, nullable=True),
     Column("accept_by", DateTime(timezone=True), nullable=True),
+    Column("weight", Integer, nullable=True),  # of the current offer: the assignee's load share
     Column("last_sequence", Integer, nullable=False, server_default="0"),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The escalation queue: why the case waits for a supervisor, where, and since when;
+    # escalation_closed_at is set once someone took it (or it was resolved, after a breach).
+    Column("escalation_reason", Text, nullable=True),
+    Column("escalation_station_id", Text, nullable=True),
+    Column("escalated_at", DateTime(timezone=True), nullable=True),
+    Column("escalation_closed_at", DateTime(timezone=True), nullable=True),
     Index(None, "station_id", "status"),
+    Index(None, "assignee_id"),
+    Index(None, "escalation_station_id", "escalation_closed_at"),
     schema="intake",
 )
 
@@ -55,6 +64,22 @@ case_events = Table(
     Column("type", Text, nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
     Column("event", JSONB, nullable=False),
+    # Arrival order across all cases: the position a live stream resumes from (Last-Event-ID).
+    Column("position", BigInteger, Identity(), nullable=False, unique=True),
     PrimaryKeyConstraint("case_id", "sequence"),
+    schema="intake",
+)
+
+command_results = Table(
+    "command_results",
+    metadata,
+    # The router's verdict on each action a person took over HTTP; the request waits for its row.
+    Column("command_id", UUID(as_uuid=False), primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("status", Text, nullable=True),
+    Column("message", Text, nullable=False, server_default=""),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
     schema="intake",
 )

@@ -216,6 +216,7 @@ def offer_to(
             "accept_by": assignment.accept_by,
             "candidates_considered": assignment.candidates_considered,
             "score": assignment.score,
+            "weight": assignment.weight,
             "explanation": {"rule": state.rule, "policy_version": ctx.policy.version, **explanation},
         },
     )

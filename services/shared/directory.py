@@ -25,6 +25,7 @@ class User:
     id: str
     role: str
     station_id: str | None
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,20 +110,22 @@ async def authenticate(session: AsyncSession, token: str) -> User | None:
     """The user a live token belongs to, or None."""
     row = (
         await session.execute(
-            select(users.c.id, users.c.role, users.c.station_id)
+            select(users.c.id, users.c.role, users.c.station_id, users.c.name)
             .join(api_tokens, api_tokens.c.user_id == users.c.id)
             .where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
         )
     ).first()
-    return User(id=row.id, role=row.role, station_id=row.station_id) if row else None
+    return User(id=row.id, role=row.role, station_id=row.station_id, name=row.name) if row else None
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User | None:
     """One user, or None."""
     row = (
-        await session.execute(select(users.c.id, users.c.role, users.c.station_id).where(users.c.id == user_id))
+        await session.execute(
+            select(users.c.id, users.c.role, users.c.station_id, users.c.name).where(users.c.id == user_id)
+        )
     ).first()
-    return User(id=row.id, role=row.role, station_id=row.station_id) if row else None
+    return User(id=row.id, role=row.role, station_id=row.station_id, name=row.name) if row else None
 
 
 async def get_station(session: AsyncSession, station_id: str) -> StationRow | None:
@@ -145,6 +148,20 @@ async def ancestors(session: AsyncSession, station_id: str) -> list[str]:
             " SELECT id, parent_id, 0 FROM shared.stations WHERE id = :id"
             " UNION ALL SELECT s.id, s.parent_id, up.depth + 1 FROM shared.stations s JOIN up ON s.id = up.parent_id)"
             " SELECT id FROM up ORDER BY depth"
+        ),
+        {"id": station_id},
+    )
+    return [row.id for row in rows]
+
+
+async def subtree(session: AsyncSession, station_id: str) -> list[str]:
+    """The station and every station below it."""
+    rows = await session.execute(
+        text(
+            "WITH RECURSIVE down(id) AS ("
+            " SELECT id FROM shared.stations WHERE id = :id"
+            " UNION ALL SELECT s.id FROM shared.stations s JOIN down ON s.parent_id = down.id)"
+            " SELECT id FROM down"
         ),
         {"id": station_id},
     )

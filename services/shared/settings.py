@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="seconds between the router's deadline sweeps and queue checks"
     )
 
+    command_timeout: float = Field(
+        default=10.0, gt=0, description="seconds an HTTP action waits for the router's verdict before answering pending"
+    )
+
     webhook_timeout: float = 5.0
     notify_attempts: int = 4
     notify_base_delay: float = 0.5

@@ -1,0 +1,175 @@
+"""Workers' and supervisors' actions over HTTP: each is handed to the router as a command through
+the outbox, and the request waits for the router's verdict (CONTRACT §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.commands import SUPERVISOR_ACTIONS, CaseCommand
+from schemas.referral import FieldError
+from schemas.topics import CASE_COMMANDS
+from services.intake import tables
+from services.intake.access import CurrentUser, sessions_of, settings_of, visible_case
+from services.intake.errors import ApiError
+from services.shared.db import transaction
+from services.shared.outbox import enqueue
+
+router = APIRouter(tags=["actions"])
+_POLL_SECONDS = 0.05
+_ERRORS: dict[str, int] = {"conflict": 409, "forbidden": 403, "not_found": 404, "invalid": 422}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoBody(_Body):
+    """No arguments."""
+
+
+class DeclineBody(_Body):
+    reason: str = Field(min_length=1, max_length=2000, examples=["家属已另行安排照护"])
+
+
+class ResolveBody(_Body):
+    outcome: str | None = Field(default=None, max_length=2000, examples=["已上门探访，链接助餐服务"])
+
+
+class ReasonBody(_Body):
+    reason: str | None = Field(default=None, max_length=2000, examples=["需要县级心理专业支持"])
+
+
+class ReferBackBody(_Body):
+    station_id: str | None = Field(default=None, min_length=1, max_length=100, examples=["T-360402101"])
+    reason: str | None = Field(default=None, max_length=2000, examples=["乡镇站已有空余社工"])
+
+
+class AssignBody(_Body):
+    worker_id: str = Field(min_length=1, max_length=100, examples=["w-0007"])
+
+
+class ActionAnswer(BaseModel):
+    """The router applied the action (`applied`), or has not answered yet (`pending`)."""
+
+    case_id: str
+    status: str = Field(description="the case's status after the action (pending: its status now)")
+    command_id: uuid.UUID
+    outcome: Literal["applied", "pending"]
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "the caller may see the case but may not do this"},
+    404: {"description": "no such case visible to the caller"},
+    409: {"description": "the case's status forbids the action"},
+    422: {"description": "invalid body; `fields` names the field"},
+}
+
+
+async def _act(request: Request, user: Any, case_id: str, action: str, **arguments: Any) -> ActionAnswer:
+    sessions = sessions_of(request)
+    if (action in SUPERVISOR_ACTIONS) != (user.role == "supervisor"):
+        who = "supervisors" if action in SUPERVISOR_ACTIONS else "the worker holding the case"
+        raise ApiError(403, f"only {who} may {action.replace('_', ' ')} a case")
+    async with transaction(sessions) as session:
+        case = await visible_case(session, user, case_id)
+        command = CaseCommand(case_id=case_id, action=action, actor_id=user.id, **arguments)  # type: ignore[arg-type]
+        await enqueue(session, topic=CASE_COMMANDS, key=case_id, payload=command.model_dump_json().encode())
+    verdict = None
+    # No verdict in time (the router is busy or down) is not an error: the command is committed and
+    # will be applied or refused later, and the case's timeline will show it.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings_of(request).command_timeout):
+            verdict = await _verdict(sessions, command.command_id)
+    if verdict is None:
+        return ActionAnswer(case_id=case_id, status=case.status, command_id=command.command_id, outcome="pending")
+    if verdict.outcome == "applied":
+        status = verdict.status or case.status
+        return ActionAnswer(case_id=case_id, status=status, command_id=command.command_id, outcome="applied")
+    raise ApiError(_ERRORS.get(verdict.outcome, 409), verdict.message, fields=_fields(verdict))
+
+
+def _fields(verdict: Any) -> list[FieldError]:
+    # The router names the argument it rejects as "field: why".
+    if verdict.outcome != "invalid" or ": " not in verdict.message:
+        return []
+    field, message = verdict.message.split(": ", 1)
+    return [FieldError(field=field, message=message)]
+
+
+async def _verdict(sessions: async_sessionmaker[AsyncSession], command_id: uuid.UUID) -> Any:
+    query = select(tables.command_results).where(tables.command_results.c.command_id == str(command_id))
+    while True:
+        async with sessions() as session:
+            row = (await session.execute(query)).first()
+        if row is not None:
+            return row
+        await asyncio.sleep(_POLL_SECONDS)
+
+
+def _route(path: str, summary: str) -> Any:
+    return router.post(
+        f"/v1/cases/{{case_id}}/{path}",
+        status_code=202,
+        response_model=ActionAnswer,
+        responses=_RESPONSES,
+        summary=summary,
+    )
+
+
+@_route("accept", "The offered worker accepts the case")
+async def accept(request: Request, case_id: str, user: CurrentUser, body: NoBody | None = None) -> ActionAnswer:
+    """Accept the case offered to you."""
+    return await _act(request, user, case_id, "accept")
+
+
+@_route("decline", "The offered worker declines, with a reason")
+async def decline(request: Request, case_id: str, user: CurrentUser, body: DeclineBody) -> ActionAnswer:
+    """Decline the case offered to you; it goes to the next worker (or up a tier)."""
+    return await _act(request, user, case_id, "decline", reason=body.reason)
+
+
+@_route("start", "The assigned worker starts work")
+async def start(request: Request, case_id: str, user: CurrentUser, body: NoBody | None = None) -> ActionAnswer:
+    """Start work on a case you accepted."""
+    return await _act(request, user, case_id, "start")
+
+
+@_route("resolve", "The assigned worker resolves the case")
+async def resolve(request: Request, case_id: str, user: CurrentUser, body: ResolveBody | None = None) -> ActionAnswer:
+    """Resolve a case you accepted or started, optionally saying what was done."""
+    return await _act(request, user, case_id, "resolve", outcome=body.outcome if body else None)
+
+
+@_route("close", "A supervisor closes the case")
+async def close(request: Request, case_id: str, user: CurrentUser, body: ReasonBody | None = None) -> ActionAnswer:
+    """Close a case at your station or below."""
+    return await _act(request, user, case_id, "close", reason=body.reason if body else None)
+
+
+@_route("escalate", "A supervisor escalates the case one tier up")
+async def escalate(request: Request, case_id: str, user: CurrentUser, body: ReasonBody | None = None) -> ActionAnswer:
+    """Move a case at your station or below one tier up."""
+    return await _act(request, user, case_id, "escalate", reason=body.reason if body else None)
+
+
+@_route("refer-back", "A supervisor refers the case back down")
+async def refer_back(
+    request: Request, case_id: str, user: CurrentUser, body: ReferBackBody | None = None
+) -> ActionAnswer:
+    """Send a case down: to `station_id`, or by default the submitting room's station one tier below."""
+    body = body or ReferBackBody()
+    return await _act(request, user, case_id, "refer_back", station_id=body.station_id, reason=body.reason)
+
+
+@_route("assign", "A supervisor assigns the case to a worker")
+async def assign(request: Request, case_id: str, user: CurrentUser, body: AssignBody) -> ActionAnswer:
+    """Offer the case to a worker of your stations (on duty, certified as required, with capacity)."""
+    return await _act(request, user, case_id, "assign", worker_id=body.worker_id)

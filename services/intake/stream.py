@@ -1,0 +1,115 @@
+"""`GET /v1/stream`: the case events a caller may see, live, as Server-Sent Events, resumable
+with Last-Event-ID (the event's position in intake's timeline)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import ColumnElement, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.intake import tables
+from services.intake.access import CurrentUser, sessions_of
+from services.shared.directory import User, subtree
+
+router = APIRouter()
+POLL_SECONDS = 0.5
+KEEP_ALIVE_SECONDS = 15.0
+BATCH = 500
+# Positions are taken when a row is inserted but become visible when it commits, so a lower
+# position can appear after a higher one. A missing position is waited for this long before
+# the stream moves past it (most gaps are numbers used by duplicate deliveries, never filled).
+GAP_WAIT_SECONDS = 2.0
+
+
+@router.get(
+    "/v1/stream",
+    tags=["people"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`id:` position, `event: case`, `data:`"}},
+)
+async def stream(
+    request: Request,
+    user: CurrentUser,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    resume_after: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
+) -> StreamingResponse:
+    """Live case events this user may see; resume after a position with Last-Event-ID."""
+    sessions = sessions_of(request)
+    async with sessions() as session:
+        visible = await _visibility(session, user)
+        start = _resume_position(last_event_id, resume_after)
+        if start is None:
+            start = int(
+                (await session.execute(select(func.coalesce(func.max(tables.case_events.c.position), 0)))).scalar_one()
+            )
+    return StreamingResponse(
+        _events(request, sessions, visible, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _resume_position(header: str | None, query: int | None) -> int | None:
+    if header is not None and header.strip().isdigit():
+        return int(header.strip())
+    return query
+
+
+async def _visibility(session: AsyncSession, user: User) -> ColumnElement[bool]:
+    """The cases a user sees, as a condition on intake.cases (the same rules as GET /v1/cases)."""
+    cases = tables.cases.c
+    if user.role == "system":
+        return literal(True)
+    if user.role == "worker":
+        return or_(cases.assignee_id == user.id, cases.room_id == (user.station_id or ""))
+    if user.role == "supervisor" and user.station_id is not None:
+        below = await subtree(session, user.station_id)
+        return or_(cases.room_id.in_(below), cases.station_id.in_(below))
+    return literal(False)
+
+
+async def _events(
+    request: Request, sessions: async_sessionmaker[AsyncSession], visible: ColumnElement[bool], position: int
+) -> AsyncIterator[str]:
+    events = tables.case_events.c
+    query = (
+        select(events.position, events.event, visible.label("visible"))
+        .select_from(tables.case_events.outerjoin(tables.cases, tables.cases.c.case_id == events.case_id))
+        .order_by(events.position)
+        .limit(BATCH)
+    )
+    gap_seen_at: float | None = None
+    quiet_since = time.monotonic()
+    yield ": stream open\n\n"
+    while not await request.is_disconnected():
+        async with sessions() as session:
+            rows = (await session.execute(query.where(events.position > position))).all()
+        sent = False
+        for row in rows:
+            if row.position != position + 1:
+                gap_seen_at = gap_seen_at or time.monotonic()
+                if time.monotonic() - gap_seen_at < GAP_WAIT_SECONDS:
+                    break
+            gap_seen_at = None
+            position = row.position
+            if row.visible:
+                sent = True
+                yield _message(position, row.event)
+        if sent:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= KEEP_ALIVE_SECONDS:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        if len(rows) < BATCH or gap_seen_at is not None:
+            await asyncio.sleep(POLL_SECONDS)
+
+
+def _message(position: int, event: Any) -> str:
+    return f"id: {position}\nevent: case\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
