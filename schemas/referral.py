@@ -119,7 +119,23 @@ class Consent(BaseModel):
 class ReferralSubmission(BaseModel):
     """A village room's referral of a resident (the HTTP body; see KafkaReferralSubmission)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "room_id": "V-360402101001",
+                    "submitted_by": "w-0031",
+                    "category": "elderly_care",
+                    "risk_level": "medium",
+                    "summary": "独居老人，近一周未出门，邻居反映无人送餐",
+                    "resident": {"name": "王秀英", "birth_year": 1941, "gender": "female", "address": "十里社区3栋"},
+                    "consent": {"given": True, "scope": "service", "recorded_by": "w-0031"},
+                }
+            ]
+        },
+    )
 
     submission_id: uuid.UUID | None = Field(
         default=None, description="Kafka only (idempotency); HTTP uses the Idempotency-Key header"

@@ -18,7 +18,7 @@ from schemas.referral import FieldError
 from schemas.topics import CASE_COMMANDS
 from services.intake import tables
 from services.intake.access import CurrentUser, sessions_of, settings_of, visible_case
-from services.intake.errors import ApiError
+from services.intake.errors import ApiError, error_responses
 from services.shared.db import transaction
 from services.shared.outbox import enqueue
 
@@ -65,12 +65,7 @@ class ActionAnswer(BaseModel):
     outcome: Literal["applied", "pending"]
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: {"description": "the caller may see the case but may not do this"},
-    404: {"description": "no such case visible to the caller"},
-    409: {"description": "the case's status forbids the action"},
-    422: {"description": "invalid body; `fields` names the field"},
-}
+_RESPONSES = error_responses(401, 403, 404, 409, 422)
 
 
 async def _act(request: Request, user: Any, case_id: str, action: str, **arguments: Any) -> ActionAnswer:

@@ -14,7 +14,7 @@ from schemas.referral import ReferralSubmission
 from services.intake import tables
 from services.intake.access import CurrentUser, sessions_of, settings_of, visible_case
 from services.intake.domain import SubmissionInvalid, may_submit_for
-from services.intake.errors import ApiError
+from services.intake.errors import ApiError, error_responses
 from services.intake.handlers import accept_submission
 from services.shared.db import transaction
 
@@ -31,7 +31,13 @@ class ReferralAccepted(BaseModel):
 router = APIRouter()
 
 
-@router.post("/v1/referrals", status_code=202, response_model=ReferralAccepted, tags=["referrals"])
+@router.post(
+    "/v1/referrals",
+    status_code=202,
+    response_model=ReferralAccepted,
+    tags=["referrals"],
+    responses=error_responses(401, 403, 422),
+)
 async def submit_referral(
     request: Request,
     submission: ReferralSubmission,
@@ -62,7 +68,7 @@ async def submit_referral(
     return ReferralAccepted(case_id=accepted.case_id)
 
 
-@router.get("/v1/cases/{case_id}", tags=["cases"])
+@router.get("/v1/cases/{case_id}", tags=["cases"], responses=error_responses(401, 404))
 async def get_case(request: Request, case_id: str, user: CurrentUser) -> dict[str, Any]:
     """The case: status, tier, station, assignee, deadlines and its timeline of events."""
     async with sessions_of(request)() as session:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.referral import FieldError, field_errors
@@ -14,6 +15,30 @@ from schemas.referral import FieldError, field_errors
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_failed",
           503: "unavailable"}  # fmt: skip
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["conflict"])
+    message: str = Field(examples=["cannot accept a case that is accepted"])
+    fields: list[FieldError] = Field(default_factory=list, description="the offending fields, for 422")
+
+
+class ErrorDocument(BaseModel):
+    """Every 4xx answer: {"error": {"code", "message", "fields"}}."""
+
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries in the contract's error shape."""
+    described = {
+        401: "no token, or an unknown or revoked one",
+        403: "the caller's role or position does not allow this",
+        404: "not found, or not visible to the caller",
+        409: "the case's status forbids the action",
+        422: "invalid input; `fields` names each field",
+    }
+    return {status: {"model": ErrorDocument, "description": described[status]} for status in statuses}
 
 
 class ApiError(Exception):

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.intake import tables
 from services.intake.access import CurrentUser, sessions_of
+from services.intake.errors import error_responses
 from services.shared.directory import User, subtree
 
 router = APIRouter()
@@ -32,7 +33,10 @@ GAP_WAIT_SECONDS = 2.0
     "/v1/stream",
     tags=["people"],
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`id:` position, `event: case`, `data:`"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`id:` position, `event: case`, `data:`"},
+        **error_responses(401),
+    },
 )
 async def stream(
     request: Request,

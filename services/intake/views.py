@@ -12,7 +12,7 @@ from sqlalchemy import case, func, select
 from services.intake import tables
 from services.intake.access import CurrentUser, require_in_scope, require_supervisor, sessions_of
 from services.intake.domain import HOLDING_STATUSES
-from services.intake.errors import ApiError
+from services.intake.errors import ApiError, error_responses
 from services.shared.directory import get_station, subtree
 from services.shared.tables import stations, users
 from services.shared.time import utc_now
@@ -89,13 +89,15 @@ class Workload(BaseModel):
     workers: list[WorkerLoad]
 
 
-@router.get("/v1/me", response_model=Me, tags=["people"])
+@router.get("/v1/me", response_model=Me, tags=["people"], responses=error_responses(401))
 async def me(user: CurrentUser) -> Me:
     """Who the token belongs to: id, name, role and home station."""
     return Me(id=user.id, name=user.name, role=user.role, station_id=user.station_id)
 
 
-@router.get("/v1/escalations", response_model=EscalationPage, tags=["supervisors"])
+@router.get(
+    "/v1/escalations", response_model=EscalationPage, tags=["supervisors"], responses=error_responses(401, 403, 422)
+)
 async def escalations(
     request: Request,
     user: CurrentUser,
@@ -147,7 +149,7 @@ async def escalations(
     "/v1/stations/{station_id}/workload",
     response_model=Workload,
     tags=["supervisors"],
-    responses={403: {"description": "not the caller's station or below"}, 404: {"description": "no such station"}},
+    responses=error_responses(401, 403, 404),
 )
 async def workload(request: Request, station_id: str, user: CurrentUser) -> Workload:
     """A station's workers with specialties, load, capacity and duty; its open cases; its children."""
