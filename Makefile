@@ -22,14 +22,15 @@ test: $(STAMP) chromium
 	$(BIN)/mypy schemas services
 	$(BIN)/pytest -q
 
-# The dashboard's browser test drives Debian's Chromium. Install it where we may (root with apt);
-# elsewhere the test skips and says why.
+# The dashboard's browser test drives Debian's Chromium (with a Chinese font, so its screenshots
+# are readable). Install them where we may (root with apt); elsewhere the test skips and says why.
+BROWSER_PACKAGES := chromium fonts-wqy-microhei
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian's chromium for the browser test"; \
-	    apt-get install -y -q chromium >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null 2>&1; } || \
 	    echo "could not install chromium: the browser test will skip"; \
 	  else echo "chromium is not installed and cannot be installed here: the browser test will skip"; fi; }
 

@@ -135,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(views.router)
     app.include_router(stream.router)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def dashboard() -> FileResponse:
         """The supervisor dashboard (static; signs in with a bearer token)."""
         return FileResponse(STATIC / "index.html")

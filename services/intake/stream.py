@@ -42,7 +42,7 @@ async def stream(
     request: Request,
     user: CurrentUser,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
-    resume_after: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
+    resume_after: Annotated[int | None, Query(alias="last_event_id", ge=0, le=2**62)] = None,
 ) -> StreamingResponse:
     """Live case events this user may see; resume after a position with Last-Event-ID."""
     sessions = sessions_of(request)
@@ -61,7 +61,7 @@ async def stream(
 
 
 def _resume_position(header: str | None, query: int | None) -> int | None:
-    if header is not None and header.strip().isdigit():
+    if header is not None and header.strip().isdigit() and len(header.strip()) <= 18:
         return int(header.strip())
     return query
 

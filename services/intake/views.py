@@ -104,7 +104,7 @@ async def escalations(
     station_id: str | None = Query(default=None, max_length=100, description="default: the caller's station"),
     status: Literal["open", "closed", "all"] = "open",
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=10_000_000),
 ) -> EscalationPage:
     """The escalation queue of a station and every station below it, most urgent first."""
     station = station_id or require_supervisor(user)

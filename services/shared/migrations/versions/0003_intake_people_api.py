@@ -36,9 +36,7 @@ def upgrade() -> None:
         schema="intake",
     )
     # Existing rows are numbered in an arbitrary order; new ones in arrival order.
-    op.add_column(
-        "case_events", sa.Column("position", sa.BigInteger(), sa.Identity(), nullable=False), schema="intake"
-    )
+    op.add_column("case_events", sa.Column("position", sa.BigInteger(), sa.Identity(), nullable=False), schema="intake")
     op.create_unique_constraint(op.f("uq_case_events_position"), "case_events", ["position"], schema="intake")
     op.create_table(
         "command_results",
