@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.common import UtcDatetime, utc_now
+from schemas.common import InputModel, UtcDatetime, utc_now
 from schemas.enums import CaseStatus
 
 WorkerAction = Literal["accept", "decline", "start", "resolve"]
@@ -21,7 +21,7 @@ WORKER_ACTIONS: tuple[str, ...] = ("accept", "decline", "start", "resolve")
 SUPERVISOR_ACTIONS: tuple[str, ...] = ("close", "escalate", "refer_back", "assign")
 
 
-class CaseCommand(BaseModel):
+class CaseCommand(InputModel):
     """One action a person took on a case; `command_id` makes a redelivered command a no-op."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

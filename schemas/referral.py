@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from schemas.common import UtcDatetime, utc_now
+from schemas.common import InputModel, UtcDatetime, utc_now
 from schemas.enums import Category, ConsentScope, Gender, RiskLevel
 
 # GB 11643-1999: weighted sum of the first 17 digits modulo 11 indexes the check characters.
@@ -58,7 +58,7 @@ def _validate_id_number(value: str) -> str:
     return value
 
 
-class Resident(BaseModel):
+class Resident(InputModel):
     """The person the referral is about."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -98,7 +98,7 @@ class Resident(BaseModel):
         return value
 
 
-class Consent(BaseModel):
+class Consent(InputModel):
     """The resident's recorded consent; a referral without it is never recorded."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -116,7 +116,7 @@ class Consent(BaseModel):
         return value
 
 
-class ReferralSubmission(BaseModel):
+class ReferralSubmission(InputModel):
     """A village room's referral of a resident (the HTTP body; see KafkaReferralSubmission)."""
 
     model_config = ConfigDict(

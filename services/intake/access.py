@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,6 +16,14 @@ from services.shared.directory import User, ancestors, authenticate
 from services.shared.settings import Settings
 
 bearer = HTTPBearer(auto_error=False)
+
+# Identifiers in paths and queries: printable, no NUL (PostgreSQL text cannot hold one).
+_IDENTIFIER = r"^[^\x00-\x1f]+$"
+CaseId = Annotated[str, Path(min_length=1, max_length=100, pattern=_IDENTIFIER, examples=["3f2b…"])]
+StationId = Annotated[str, Path(min_length=1, max_length=100, pattern=_IDENTIFIER, examples=["T-360402101"])]
+StationQuery = Annotated[
+    str | None, Query(min_length=1, max_length=100, pattern=_IDENTIFIER, description="default: the caller's station")
+]
 
 
 def sessions_of(request: Request) -> async_sessionmaker[AsyncSession]:

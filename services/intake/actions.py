@@ -6,29 +6,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.commands import SUPERVISOR_ACTIONS, CaseCommand
-from schemas.referral import FieldError
+from schemas.common import InputModel
+from schemas.referral import FieldError, field_errors
 from schemas.topics import CASE_COMMANDS
 from services.intake import tables
-from services.intake.access import CurrentUser, sessions_of, settings_of, visible_case
+from services.intake.access import CaseId, CurrentUser, sessions_of, settings_of, visible_case
 from services.intake.errors import ApiError, error_responses
 from services.shared.db import transaction
 from services.shared.outbox import enqueue
 
 router = APIRouter(tags=["actions"])
 _POLL_SECONDS = 0.05
+_B = TypeVar("_B", bound=BaseModel)
 _ERRORS: dict[str, int] = {"conflict": 409, "forbidden": 403, "not_found": 404, "invalid": 422}
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body(InputModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class NoBody(_Body):
@@ -70,12 +72,16 @@ _RESPONSES = error_responses(401, 403, 404, 409, 422)
 
 async def _act(request: Request, user: Any, case_id: str, action: str, **arguments: Any) -> ActionAnswer:
     sessions = sessions_of(request)
-    if (action in SUPERVISOR_ACTIONS) != (user.role == "supervisor"):
-        who = "supervisors" if action in SUPERVISOR_ACTIONS else "the worker holding the case"
-        raise ApiError(403, f"only {who} may {action.replace('_', ' ')} a case")
     async with transaction(sessions) as session:
-        case = await visible_case(session, user, case_id)
-        command = CaseCommand(case_id=case_id, action=action, actor_id=user.id, **arguments)  # type: ignore[arg-type]
+        case = await visible_case(session, user, case_id)  # out of sight: 404 before anything else
+        if (action in SUPERVISOR_ACTIONS) != (user.role == "supervisor"):
+            who = "supervisors" if action in SUPERVISOR_ACTIONS else "the worker holding the case"
+            raise ApiError(403, f"only {who} may {action.replace('_', ' ')} a case")
+        try:
+            command = CaseCommand(case_id=case_id, action=action, actor_id=user.id, **arguments)  # type: ignore[arg-type]
+        except ValidationError as invalid:
+            errors = field_errors(invalid.errors())
+            raise ApiError(422, "; ".join(f"{e.field}: {e.message}" for e in errors), fields=errors) from None
         await enqueue(session, topic=CASE_COMMANDS, key=case_id, payload=command.model_dump_json().encode())
     verdict = None
     # No verdict in time (the router is busy or down) is not an error: the command is committed and
@@ -120,44 +126,50 @@ def _route(path: str, summary: str) -> Any:
 
 
 @_route("accept", "The offered worker accepts the case")
-async def accept(request: Request, case_id: str, user: CurrentUser, body: NoBody | None = None) -> ActionAnswer:
+async def accept(request: Request, case_id: CaseId, user: CurrentUser, body: NoBody | None = None) -> ActionAnswer:
     """Accept the case offered to you."""
     return await _act(request, user, case_id, "accept")
 
 
 @_route("decline", "The offered worker declines, with a reason")
-async def decline(request: Request, case_id: str, user: CurrentUser, body: DeclineBody) -> ActionAnswer:
+async def decline(
+    request: Request, case_id: CaseId, user: CurrentUser, body: DeclineBody | None = None
+) -> ActionAnswer:
     """Decline the case offered to you; it goes to the next worker (or up a tier)."""
-    return await _act(request, user, case_id, "decline", reason=body.reason)
+    return await _act(request, user, case_id, "decline", reason=_required(body, "reason").reason)
 
 
 @_route("start", "The assigned worker starts work")
-async def start(request: Request, case_id: str, user: CurrentUser, body: NoBody | None = None) -> ActionAnswer:
+async def start(request: Request, case_id: CaseId, user: CurrentUser, body: NoBody | None = None) -> ActionAnswer:
     """Start work on a case you accepted."""
     return await _act(request, user, case_id, "start")
 
 
 @_route("resolve", "The assigned worker resolves the case")
-async def resolve(request: Request, case_id: str, user: CurrentUser, body: ResolveBody | None = None) -> ActionAnswer:
+async def resolve(
+    request: Request, case_id: CaseId, user: CurrentUser, body: ResolveBody | None = None
+) -> ActionAnswer:
     """Resolve a case you accepted or started, optionally saying what was done."""
     return await _act(request, user, case_id, "resolve", outcome=body.outcome if body else None)
 
 
 @_route("close", "A supervisor closes the case")
-async def close(request: Request, case_id: str, user: CurrentUser, body: ReasonBody | None = None) -> ActionAnswer:
+async def close(request: Request, case_id: CaseId, user: CurrentUser, body: ReasonBody | None = None) -> ActionAnswer:
     """Close a case at your station or below."""
     return await _act(request, user, case_id, "close", reason=body.reason if body else None)
 
 
 @_route("escalate", "A supervisor escalates the case one tier up")
-async def escalate(request: Request, case_id: str, user: CurrentUser, body: ReasonBody | None = None) -> ActionAnswer:
+async def escalate(
+    request: Request, case_id: CaseId, user: CurrentUser, body: ReasonBody | None = None
+) -> ActionAnswer:
     """Move a case at your station or below one tier up."""
     return await _act(request, user, case_id, "escalate", reason=body.reason if body else None)
 
 
 @_route("refer-back", "A supervisor refers the case back down")
 async def refer_back(
-    request: Request, case_id: str, user: CurrentUser, body: ReferBackBody | None = None
+    request: Request, case_id: CaseId, user: CurrentUser, body: ReferBackBody | None = None
 ) -> ActionAnswer:
     """Send a case down: to `station_id`, or by default the submitting room's station one tier below."""
     body = body or ReferBackBody()
@@ -165,6 +177,13 @@ async def refer_back(
 
 
 @_route("assign", "A supervisor assigns the case to a worker")
-async def assign(request: Request, case_id: str, user: CurrentUser, body: AssignBody) -> ActionAnswer:
+async def assign(request: Request, case_id: CaseId, user: CurrentUser, body: AssignBody | None = None) -> ActionAnswer:
     """Offer the case to a worker of your stations (on duty, certified as required, with capacity)."""
-    return await _act(request, user, case_id, "assign", worker_id=body.worker_id)
+    return await _act(request, user, case_id, "assign", worker_id=_required(body, "worker_id").worker_id)
+
+
+def _required(body: _B | None, field: str) -> _B:
+    """The body, or 422 naming its required field (a missing body is a missing field to the caller)."""
+    if body is None:
+        raise ApiError(422, f"{field}: required", fields=[FieldError(field=field, message="required")])
+    return body

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 
 from schemas.referral import ReferralSubmission
 from services.intake import tables
-from services.intake.access import CurrentUser, sessions_of, settings_of, visible_case
+from services.intake.access import CaseId, CurrentUser, sessions_of, settings_of, visible_case
 from services.intake.domain import SubmissionInvalid, may_submit_for
 from services.intake.errors import ApiError, error_responses
 from services.intake.handlers import accept_submission
@@ -69,7 +69,7 @@ async def submit_referral(
 
 
 @router.get("/v1/cases/{case_id}", tags=["cases"], responses=error_responses(401, 404))
-async def get_case(request: Request, case_id: str, user: CurrentUser) -> dict[str, Any]:
+async def get_case(request: Request, case_id: CaseId, user: CurrentUser) -> dict[str, Any]:
     """The case: status, tier, station, assignee, deadlines and its timeline of events."""
     async with sessions_of(request)() as session:
         case = await visible_case(session, user, case_id)

@@ -10,7 +10,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import case, func, select
 
 from services.intake import tables
-from services.intake.access import CurrentUser, require_in_scope, require_supervisor, sessions_of
+from services.intake.access import (
+    CurrentUser,
+    StationId,
+    StationQuery,
+    require_in_scope,
+    require_supervisor,
+    sessions_of,
+)
 from services.intake.domain import HOLDING_STATUSES
 from services.intake.errors import ApiError, error_responses
 from services.shared.directory import get_station, subtree
@@ -101,7 +108,7 @@ async def me(user: CurrentUser) -> Me:
 async def escalations(
     request: Request,
     user: CurrentUser,
-    station_id: str | None = Query(default=None, max_length=100, description="default: the caller's station"),
+    station_id: StationQuery = None,
     status: Literal["open", "closed", "all"] = "open",
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=10_000_000),
@@ -151,7 +158,7 @@ async def escalations(
     tags=["supervisors"],
     responses=error_responses(401, 403, 404),
 )
-async def workload(request: Request, station_id: str, user: CurrentUser) -> Workload:
+async def workload(request: Request, station_id: StationId, user: CurrentUser) -> Workload:
     """A station's workers with specialties, load, capacity and duty; its open cases; its children."""
     require_supervisor(user)
     cases = tables.cases.c
