@@ -1,4 +1,5 @@
-"""Write the contract's JSON Schema files to schemas/json/ (`python -m schemas.export [--check]`)."""
+"""Write the contract's JSON Schema files to schemas/json/ and its AsyncAPI document to
+schemas/asyncapi.yaml (`python -m schemas.export [--check]`)."""
 
 import argparse
 import json
@@ -8,6 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from schemas.asyncapi import asyncapi_drifted, write_asyncapi
 from schemas.events import EVENT_CLASSES, CaseEvent
 from schemas.referral import KafkaReferralSubmission, ReferralSubmission, RejectedSubmission
 
@@ -64,17 +66,23 @@ def write_all(directory: Path = JSON_DIR) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the exporter; with --check, report drift and exit 1 instead of writing."""
     parser = argparse.ArgumentParser(prog="python -m schemas.export", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if schemas/json/ is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if schemas/json/ or schemas/asyncapi.yaml is out of date"
+    )
     args = parser.parse_args(argv)
     if args.check:
-        drifted = drifted_files()
+        drifted = [f"schemas/json/{name}" for name in drifted_files()]
+        if asyncapi_drifted():
+            drifted.append("schemas/asyncapi.yaml")
         for name in drifted:
-            print(f"drifted: schemas/json/{name}", file=sys.stderr)
+            print(f"drifted: {name}", file=sys.stderr)
         if drifted:
             print("run `python -m schemas.export` to regenerate", file=sys.stderr)
         return 1 if drifted else 0
     for name in write_all():
         print(f"wrote schemas/json/{name}")
+    if write_asyncapi():
+        print("wrote schemas/asyncapi.yaml")
     return 0
 
 

@@ -60,6 +60,21 @@ def _topics_create(settings: Settings, args: argparse.Namespace) -> None:
     print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
 
 
+def _tail(settings: Settings, args: argparse.Namespace) -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    from services.tail import EventFilter, run_tail, unknown_type_warning
+
+    warning = unknown_type_warning(args.type or [])
+    if warning:
+        print(warning, file=sys.stderr)
+    only = EventFilter.build(args.type, args.case)
+    try:
+        asyncio.run(run_tail(settings, from_beginning=args.from_beginning, event_filter=only, as_json=args.json))
+    except KafkaConnectionError as exc:
+        raise SystemExit(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+
+
 def _with_session(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
     from services.shared.db import create_engine, session_factory, transaction
 
@@ -218,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade, service="cli")
     topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(dest="topics_command", required=True)
     topics.add_parser("create", help="create the topics").set_defaults(handler=_topics_create, service="cli")
+    tail = commands.add_parser("tail", help="watch the case events on caselink.case.events until Ctrl-C")
+    tail.add_argument("--from-beginning", action="store_true", help="from the oldest kept event (default: new ones)")
+    tail.add_argument("--type", action="append", metavar="T", help="only this type, e.g. assigned (repeatable)")
+    tail.add_argument("--case", metavar="ID", help="only the events of this case")
+    tail.add_argument("--json", action="store_true", help="print each event's raw JSON, one per line")
+    tail.set_defaults(handler=_tail, service="cli")
 
     network = commands.add_parser("network", help="station network").add_subparsers(dest="net_command", required=True)
     load = network.add_parser("load", help="create or update stations and users from a network file")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import MetaData
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -31,8 +33,74 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": settings.kafka_client_id}},
+        connect_args={
+            "server_settings": {"application_name": settings.kafka_client_id},
+            **asyncpg_connect_kwargs(settings),
+        },
     )
+
+
+# Modes that require TLS, built as an SSLContext of ours (asyncpg then never falls back to plain).
+_TLS_MODES = ("require", "verify-ca", "verify-full")
+
+
+def asyncpg_connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """The TLS arguments of every asyncpg connection (the engine's and raw ones like the outbox
+    relay's): `{}` when CASELINK_DATABASE_SSL_MODE is unset, which leaves TLS to the URL's own
+    parameters and asyncpg's default (`prefer`), as before."""
+    mode = settings.database_ssl_mode
+    files = {
+        "CASELINK_DATABASE_SSL_ROOTCERT": settings.database_ssl_rootcert,
+        "CASELINK_DATABASE_SSL_CERT": settings.database_ssl_cert,
+        "CASELINK_DATABASE_SSL_KEY": settings.database_ssl_key,
+    }
+    if mode not in _TLS_MODES:
+        for name, path in files.items():
+            if path is not None:
+                raise SystemExit(
+                    f"{name} is set but CASELINK_DATABASE_SSL_MODE is {mode or 'unset'}: "
+                    f"use {', '.join(_TLS_MODES)}, or unset it"
+                )
+        return {} if mode is None else {"ssl": mode}
+    if settings.database_ssl_key is not None and settings.database_ssl_cert is None:
+        raise SystemExit("CASELINK_DATABASE_SSL_KEY is set without CASELINK_DATABASE_SSL_CERT, its certificate")
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{name}: no such file {path}")
+    return {"ssl": _ssl_context(settings)}
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """require: encrypted; the certificate is checked only when a root certificate is given (as
+    libpq does). verify-ca: the chain is checked against CASELINK_DATABASE_SSL_ROOTCERT (else the
+    system's CA store). verify-full: the chain and the host name."""
+    mode, rootcert = settings.database_ssl_mode, settings.database_ssl_rootcert
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if mode == "require" and rootcert is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = mode == "verify-full"
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            if rootcert is None:
+                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            else:
+                context.load_verify_locations(cafile=rootcert)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(
+                f"CASELINK_DATABASE_SSL_ROOTCERT: cannot load CA certificates from {rootcert}: {exc}"
+            ) from None
+    if settings.database_ssl_cert is not None:
+        try:
+            context.load_cert_chain(settings.database_ssl_cert, settings.database_ssl_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(
+                "CASELINK_DATABASE_SSL_CERT / CASELINK_DATABASE_SSL_KEY: cannot load the client certificate "
+                f"{settings.database_ssl_cert} with key {settings.database_ssl_key or '(in the same file)'}: {exc}"
+            ) from None
+    return context
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

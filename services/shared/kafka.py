@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -17,36 +18,108 @@ from services.shared.settings import Settings
 log = get_logger(__name__)
 
 
-def _security(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
+SASL_MECHANISMS: dict[str, type[SASLPlaintext | SASLScram256 | SASLScram512]] = {
+    "PLAIN": SASLPlaintext,
+    "SCRAM-SHA-256": SASLScram256,
+    "SCRAM-SHA-512": SASLScram512,
+}
+TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
+SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+
+
+def check_security(settings: Settings) -> None:
+    """Fail naming the variable when the Kafka security settings do not fit together."""
+    protocol = settings.kafka_security_protocol
+    using = f"CASELINK_KAFKA_SECURITY_PROTOCOL is {protocol}"
+    sasl = {
+        "CASELINK_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "CASELINK_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "CASELINK_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+    }
+    if protocol in SASL_PROTOCOLS:
+        for name, value in sasl.items():
+            if not value:
+                raise SystemExit(f"{name} must be set when {using}")
+        if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise SystemExit(
+                f"CASELINK_KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"not {settings.kafka_sasl_mechanism!r}"
+            )
+    else:
+        for name, value in sasl.items():
+            if value:
+                raise SystemExit(f"{name} is set but {using}: use SASL_PLAINTEXT or SASL_SSL, or unset it")
+    files = {
+        "CASELINK_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "CASELINK_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "CASELINK_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+    }
+    if protocol not in TLS_PROTOCOLS:
+        for name, path in files.items():
+            if path is not None:
+                raise SystemExit(f"{name} is set but {using}, without TLS: use SSL or SASL_SSL, or unset it")
+        return
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        raise SystemExit("CASELINK_KAFKA_SSL_KEYFILE is set without CASELINK_KAFKA_SSL_CERTFILE, its certificate")
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{name}: no such file {path}")
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The client TLS context of SSL / SASL_SSL: the brokers' certificates checked against
+    CASELINK_KAFKA_SSL_CAFILE (else the system's CA store), by host name unless that is turned off,
+    and a client certificate (mutual TLS) when CASELINK_KAFKA_SSL_CERTFILE is set."""
+    check_security(settings)
+    cafile = settings.kafka_ssl_cafile
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cafile) if cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"CASELINK_KAFKA_SSL_CAFILE: cannot load CA certificates from {cafile}: {exc}") from None
+    if settings.kafka_ssl_certfile is not None:
+        try:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(
+                "CASELINK_KAFKA_SSL_CERTFILE / CASELINK_KAFKA_SSL_KEYFILE: cannot load the client certificate "
+                f"{settings.kafka_ssl_certfile} with key {settings.kafka_ssl_keyfile or '(in the same file)'}: {exc}"
+            ) from None
+    # Off: the chain is still verified (CERT_REQUIRED), only the name is not compared.
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def client_security(settings: Settings) -> dict[str, Any]:
+    """The security options of every aiokafka client (producer, consumer, admin)."""
+    check_security(settings)
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in SASL_PROTOCOLS:
         options |= {
             "sasl_mechanism": settings.kafka_sasl_mechanism,
             "sasl_plain_username": settings.kafka_sasl_username,
             "sasl_plain_password": settings.kafka_sasl_password,
         }
-    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context()
+    if protocol in TLS_PROTOCOLS:
+        options["ssl_context"] = ssl_context(settings)
     return options
 
 
 def _faststream_security(settings: Settings) -> BaseSecurity | None:
     """The same security settings in FastStream's form."""
-    if settings.kafka_security_protocol == "PLAINTEXT":
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        check_security(settings)
         return None
-    ssl_context = _security(settings).get("ssl_context")
-    if not settings.kafka_sasl_mechanism:
-        return BaseSecurity(ssl_context=ssl_context)
-    sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
-    if settings.kafka_sasl_mechanism not in sasl:
-        raise SystemExit(f"CASELINK_KAFKA_SASL_MECHANISM must be one of {', '.join(sasl)}")
-    return sasl[settings.kafka_sasl_mechanism](
+    context = client_security(settings).get("ssl_context")
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context)
+    assert settings.kafka_sasl_mechanism in SASL_MECHANISMS  # check_security made sure
+    return SASL_MECHANISMS[settings.kafka_sasl_mechanism](
         username=settings.kafka_sasl_username or "",
         password=settings.kafka_sasl_password or "",
-        ssl_context=ssl_context,
-        use_ssl=settings.kafka_security_protocol == "SASL_SSL",
+        ssl_context=context,
+        use_ssl=protocol == "SASL_SSL",
     )
 
 
@@ -59,7 +132,7 @@ def make_producer(settings: Settings, bootstrap: str, *, client_id: str) -> AIOK
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=256 * 1024,
-        **_security(settings),
+        **client_security(settings),
     )
 
 
@@ -77,7 +150,7 @@ def make_broker(settings: Settings, bootstrap: str, *, client_id: str) -> KafkaB
 
 async def create_topics(settings: Settings, bootstrap: str) -> list[str]:
     """Create every caselink topic with its partition count; return the ones that were new."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="caselink-admin", **_security(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="caselink-admin", **client_security(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -109,8 +109,10 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
+        connect_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self._dsn = asyncpg_dsn(database_url)
+        self._connect_kwargs = connect_kwargs or {}
         self._make_producer = make_producer
         self.producer: AIOKafkaProducer | None = None
         self._batch_size = batch_size
@@ -151,7 +153,7 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 10.0)
 
     async def _lead_or_stand_by(self) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, **self._connect_kwargs)
         try:
             # Stand by until the active relay's session ends (its lock is released with it).
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):  # noqa: ASYNC110

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
+    # TLS of SSL / SASL_SSL (unset files = the system's default CA store and no client certificate).
+    kafka_ssl_cafile: Path | None = Field(default=None, description="PEM CA bundle of the brokers' certificates")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="PEM client certificate, for mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="PEM key of the client certificate")
+    kafka_ssl_check_hostname: bool = Field(default=True, description="check the broker's name against its certificate")
     kafka_linger_ms: int = 5
     kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
@@ -46,6 +51,11 @@ class Settings(BaseSettings):
     outbox_poll_interval: float = 1.0
     consumer_max_attempts: int = 5
     db_pool_size: int = 10
+    # TLS to PostgreSQL. Unset mode = as before: asyncpg's own default (PGSSLMODE, else `prefer`).
+    database_ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_ssl_rootcert: Path | None = Field(default=None, description="PEM CA bundle of the server's certificate")
+    database_ssl_cert: Path | None = Field(default=None, description="PEM client certificate, for certificate login")
+    database_ssl_key: Path | None = Field(default=None, description="PEM key of the client certificate")
 
     router_sweep_interval: float = Field(
         default=1.0, gt=0, description="seconds between the router's deadline sweeps and queue checks"
@@ -60,6 +70,21 @@ class Settings(BaseSettings):
     notify_base_delay: float = 0.5
 
     demo_inbox: bool = Field(default=False, description="serve /dev/inbox, the demo network's webhook sink")
+
+    @field_validator(
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "database_ssl_mode",
+        "database_ssl_rootcert",
+        "database_ssl_cert",
+        "database_ssl_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """`CASELINK_X=` (empty) means unset, not the current directory."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     def require_infrastructure(self) -> tuple[str, str]:
         """Return (database_url, kafka_bootstrap), or fail naming the missing variable."""

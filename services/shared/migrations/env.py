@@ -13,7 +13,8 @@ import services.intake.tables
 import services.notifier.tables
 import services.router.tables
 import services.shared.tables  # noqa: F401  (registers the tables on the metadata)
-from services.shared.db import SCHEMAS, metadata
+from services.shared.db import SCHEMAS, asyncpg_connect_kwargs, metadata
+from services.shared.settings import get_settings
 
 config = context.config
 
@@ -33,7 +34,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
+    # The same TLS settings as the services' own connections (CASELINK_DATABASE_SSL_*).
+    engine = create_async_engine(
+        config.get_main_option("sqlalchemy.url") or "", connect_args=asyncpg_connect_kwargs(get_settings())
+    )
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
