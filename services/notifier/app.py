@@ -24,7 +24,7 @@ def create_service(settings: Settings) -> Runtime:
     runtime = build_runtime("notifier", settings)
     consumer = MessageConsumer("notifier.pushes", runtime.sessions, max_attempts=settings.consumer_max_attempts)
     client = httpx.AsyncClient(trust_env=False, timeout=settings.webhook_timeout)
-    channels = build_channels(client, timeout=settings.webhook_timeout)
+    channels = build_channels(client, timeout=settings.webhook_timeout, settings=settings)
     retry = RetryPolicy(attempts=settings.notify_attempts, base_delay=settings.notify_base_delay)
 
     @runtime.broker.subscriber(CASE_EVENTS, **runtime.subscriber_options("caselink-notifier"))

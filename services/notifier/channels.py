@@ -1,34 +1,58 @@
-"""Delivery channels: how a planned `Push` leaves the system, and how failed sends are retried."""
+"""Delivery channels: how a planned `Push` leaves the system, and how failed sends are retried.
+
+Every adapter has the `Channel` shape; the plain webhook and in-app live here, the group robots,
+email and SMS in `services/notifier/adapters/`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 
+from services.notifier.adapters.base import (
+    DELIVERED,
+    RETRYABLE_CLIENT_STATUSES,
+    SIGNATURE_SCHEME,
+    USER_AGENT,
+    DeliveryResult,
+    classify_status,
+    encode_body,
+    failed,
+    post_once,
+    sign,
+    verify_signature,
+)
+from services.notifier.adapters.mail import EmailChannel
+from services.notifier.adapters.robots import DingtalkChannel, WecomChannel
+from services.notifier.adapters.sms import SmsChannel
 from services.notifier.domain import Push, RetryPolicy
+from services.shared.settings import Settings
 
-USER_AGENT = "caselink-notifier/1"
-SIGNATURE_SCHEME = "sha256="
-# Request timeout (408) and rate limiting (429) say "later", unlike every other 4xx.
-RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    """The outcome of one send: delivered, or why not and whether trying again may help."""
-
-    ok: bool
-    status: int | None
-    error: str | None
-    retryable: bool
+__all__ = [
+    "RETRYABLE_CLIENT_STATUSES",
+    "SIGNATURE_SCHEME",
+    "USER_AGENT",
+    "Channel",
+    "DeliveryResult",
+    "DingtalkChannel",
+    "EmailChannel",
+    "InappChannel",
+    "SmsChannel",
+    "UnsupportedChannel",
+    "WebhookChannel",
+    "WecomChannel",
+    "build_channels",
+    "channel_for",
+    "classify_status",
+    "deliver_with_retries",
+    "encode_body",
+    "sign",
+    "verify_signature",
+]
 
 
 class Channel(Protocol):
@@ -39,27 +63,6 @@ class Channel(Protocol):
     async def send(self, push: Push) -> DeliveryResult:
         """Try to deliver a push once."""
         ...
-
-
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    """The exact bytes sent and signed for a push body (compact, sorted keys, UTF-8)."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
-
-
-def sign(body: bytes, secret: str) -> str:
-    """The `X-Caselink-Signature` value for a raw body: `sha256=<hex HMAC-SHA256>`."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return f"{SIGNATURE_SCHEME}{digest}"
-
-
-def verify_signature(body: bytes, secret: str, header: str) -> bool:
-    """Whether a `X-Caselink-Signature` header matches the raw body, compared in constant time."""
-    header = header.strip()
-    if not header.startswith(SIGNATURE_SCHEME):
-        return False
-    received = header[len(SIGNATURE_SCHEME) :].lower().encode("ascii", "replace")
-    expected = sign(body, secret)[len(SIGNATURE_SCHEME) :].encode("ascii")
-    return hmac.compare_digest(expected, received)
 
 
 class WebhookChannel:
@@ -75,38 +78,31 @@ class WebhookChannel:
         """POST the push once and classify the outcome."""
         url = push.channel.url
         if not url:
-            return DeliveryResult(ok=False, status=None, error="webhook channel has no url", retryable=False)
+            return failed("webhook channel has no url", retryable=False)
         body = encode_body(push.body)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Caselink-Delivery": str(push.delivery_id),
-            "User-Agent": USER_AGENT,
-        }
+        headers = {"Content-Type": "application/json", "X-Caselink-Delivery": str(push.delivery_id)}
         if push.channel.secret:
             headers["X-Caselink-Signature"] = sign(body, push.channel.secret)
-        try:
-            # httpx timeouts bound each read separately; a receiver trickling bytes could hold
-            # the notifier forever, so the whole exchange also gets one overall deadline.
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.post(url, content=body, headers=headers, timeout=self._timeout)
-        except (TimeoutError, httpx.TimeoutException):
-            return DeliveryResult(ok=False, status=None, error=f"timed out after {self._timeout:g}s", retryable=True)
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            return DeliveryResult(ok=False, status=None, error=f"bad webhook url: {exc}", retryable=False)
-        except httpx.TransportError as exc:
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return DeliveryResult(ok=False, status=None, error=detail, retryable=True)
-        return classify_status(response.status_code)
+        answer = await post_once(self._client, url, body=body, headers=headers, seconds=self._timeout)
+        if isinstance(answer, DeliveryResult):
+            return answer
+        return classify_status(answer.status_code)
 
 
-def classify_status(status: int) -> DeliveryResult:
-    """Map a receiver's HTTP status to a result: 2xx delivered; 5xx, 408 and 429 retryable."""
-    if 200 <= status < 300:
-        return DeliveryResult(ok=True, status=status, error=None, retryable=False)
-    retryable = status >= 500 or status in RETRYABLE_CLIENT_STATUSES
-    # 3xx lands here too: redirects are not followed for signed POSTs, so it is a
-    # configuration problem that retrying will not fix.
-    return DeliveryResult(ok=False, status=status, error=f"receiver answered HTTP {status}", retryable=retryable)
+class InappChannel:
+    """In-app delivery, which succeeds at once: the push already is in the app.
+
+    The people-facing SSE stream (`GET /v1/stream`, services/intake/stream.py) streams every case
+    event its user may see, including the `notified` event (channel `inapp`, recipient the user)
+    that this successful send causes. That event IS the in-app message, so there is nothing to
+    send here and nothing to retry.
+    """
+
+    name = "inapp"
+
+    async def send(self, push: Push) -> DeliveryResult:
+        """Report delivered; the resulting `notified` event reaches the user's stream."""
+        return DELIVERED
 
 
 class UnsupportedChannel:
@@ -117,14 +113,27 @@ class UnsupportedChannel:
 
     async def send(self, push: Push) -> DeliveryResult:
         """Fail at once with a clear, non-retryable error."""
-        return DeliveryResult(
-            ok=False, status=None, error=f"channel '{self.name}' is not supported yet", retryable=False
-        )
+        return failed(f"channel '{self.name}' is not supported yet", retryable=False)
 
 
-def build_channels(client: httpx.AsyncClient, *, timeout: float = 10.0) -> dict[str, Channel]:
-    """The channel adapters available to the notifier, by channel name."""
-    return {"webhook": WebhookChannel(client, timeout)}
+def build_channels(
+    client: httpx.AsyncClient, *, timeout: float = 10.0, settings: Settings | None = None
+) -> dict[str, Channel]:
+    """The channel adapters available to the notifier, by channel name.
+
+    Email and SMS need server settings, so they exist only when `settings` is given (when their
+    server is not configured they fail each push naming the missing variable).
+    """
+    channels: dict[str, Channel] = {
+        "webhook": WebhookChannel(client, timeout),
+        "wecom": WecomChannel(client, timeout),
+        "dingtalk": DingtalkChannel(client, timeout),
+        "inapp": InappChannel(),
+    }
+    if settings is not None:
+        channels["email"] = EmailChannel(settings)
+        channels["sms"] = SmsChannel(client, settings, timeout)
+    return channels
 
 
 def channel_for(channels: Mapping[str, Channel], name: str) -> Channel:

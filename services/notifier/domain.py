@@ -99,6 +99,7 @@ class ChannelConfig:
     secret: str | None = None
     address: str | None = None
     phone: str | None = None
+    template_id: str | None = None  # sms: the gateway template; unset = the purpose's default
 
 
 @dataclass(frozen=True)

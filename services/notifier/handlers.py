@@ -39,7 +39,7 @@ Outcome = tuple[Push, DeliveryResult, int]
 
 
 def _channels(raw: list[dict[str, Any]] | None) -> list[ChannelConfig]:
-    fields = ("url", "secret", "address", "phone")
+    fields = ("url", "secret", "address", "phone", "template_id")
     return [ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in fields}) for c in raw or []]
 
 

@@ -69,6 +69,24 @@ class Settings(BaseSettings):
     notify_attempts: int = 4
     notify_base_delay: float = 0.5
 
+    # Email channel (SMTP via aiosmtplib). Unset host = email pushes fail, naming CASELINK_SMTP_HOST.
+    smtp_host: str | None = Field(default=None, description="SMTP server of the email channel; unset = no email")
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = Field(default=False, description="upgrade the plain connection with STARTTLS")
+    smtp_use_tls: bool = Field(default=False, description="implicit TLS from the first byte (usually port 465)")
+    smtp_from: str = "caselink@localhost"
+    smtp_timeout: float = Field(default=10.0, gt=0, description="seconds one SMTP send may take in all")
+
+    # SMS channel: a generic HTTP gateway. Unset URL = SMS pushes fail, naming CASELINK_SMS_GATEWAY_URL.
+    sms_gateway_url: str | None = Field(default=None, description="SMS gateway endpoint; unset = no SMS")
+    sms_gateway_key: str | None = Field(default=None, description="HMAC key signing gateway requests")
+    sms_sign_name: str = Field(default="caselink", description="the SMS signature (签名) registered at the gateway")
+    sms_template_task: str | None = None
+    sms_template_escalation: str | None = None
+    sms_template_warning: str | None = None
+
     demo_inbox: bool = Field(default=False, description="serve /dev/inbox, the demo network's webhook sink")
 
     @field_validator(
