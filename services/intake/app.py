@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from faststream.kafka.annotations import KafkaMessage
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
@@ -22,7 +21,7 @@ from services.intake import actions, handlers, stream, views
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
-from services.shared.consuming import MessageConsumer, decode_case_event, origin
+from services.shared.consuming import MessageConsumer, decode_case_event, decode_message, origin
 from services.shared.directory import get_user
 from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
@@ -89,10 +88,8 @@ def register_consumers(runtime: Runtime) -> None:
     async def on_command_result(msg: KafkaMessage) -> None:
         record = cast(ConsumerRecord, msg.raw_message)
         clear_message_context()
-        try:
-            result = CommandResult.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            await verdicts.dead_letter(record, f"invalid command result ({exc.error_count()} errors)")
+        result = await decode_message(verdicts, record, CommandResult)
+        if result is None:
             return
         bind_message_context(case_id=result.case_id, event_id=str(result.command_id))
         await verdicts.process(

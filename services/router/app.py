@@ -7,7 +7,6 @@ from typing import cast
 
 from aiokafka import ConsumerRecord
 from faststream.kafka.annotations import KafkaMessage
-from pydantic import ValidationError
 
 from schemas.commands import CaseCommand
 from schemas.events import CaseReceived
@@ -15,7 +14,7 @@ from schemas.topics import CASE_COMMANDS, CASE_EVENTS
 from services.router.handlers import apply_command, route_received_case
 from services.router.policy import Policy, default_policy, load_policy
 from services.router.sweep import DeadlineSweep
-from services.shared.consuming import MessageConsumer, decode_case_event
+from services.shared.consuming import MessageConsumer, decode_case_event, decode_message
 from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
@@ -51,10 +50,8 @@ def create_service(settings: Settings) -> Runtime:
     async def on_command(msg: KafkaMessage) -> None:
         record = cast(ConsumerRecord, msg.raw_message)
         clear_message_context()
-        try:
-            command = CaseCommand.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            await commands.dead_letter(record, f"invalid case command ({exc.error_count()} errors)")
+        command = await decode_message(commands, record, CaseCommand)
+        if command is None:
             return
         bind_message_context(case_id=command.case_id, event_id=str(command.command_id))
         await commands.process(

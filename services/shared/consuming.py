@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.events import EVENT_CLASSES, CaseEvent, event_type, parse_case_event
@@ -27,6 +27,7 @@ from services.shared.outbox import enqueue
 log = get_logger(__name__)
 
 Work = Callable[[AsyncSession], Awaitable[object]]
+M = TypeVar("M", bound=BaseModel)
 
 
 def origin(record: Any) -> str:
@@ -93,6 +94,15 @@ class MessageConsumer:
                 headers={"x-error": error[:1000], "x-origin": where, "x-consumer": self.name},
             )
         log.warning("consumer.dead_lettered", consumer=self.name, origin=where)
+
+
+async def decode_message(consumer: MessageConsumer, record: Any, model: type[M]) -> M | None:
+    """The record's JSON as `model`, or None after dead-lettering a message that is not one."""
+    try:
+        return model.model_validate_json(record.value or b"")
+    except ValidationError as exc:
+        await consumer.dead_letter(record, f"invalid {model.__name__} ({exc.error_count()} errors)")
+        return None
 
 
 _KNOWN_TYPES = frozenset(event_type(name) for name in EVENT_CLASSES)
