@@ -20,6 +20,7 @@ from services.intake.access import (
 )
 from services.intake.domain import HOLDING_STATUSES
 from services.intake.errors import ApiError, error_responses
+from services.shared.db import most_urgent_first
 from services.shared.directory import get_station, subtree
 from services.shared.tables import stations, users
 from services.shared.time import utc_now
@@ -27,7 +28,7 @@ from services.shared.time import utc_now
 router = APIRouter()
 _FINISHED = ("resolved", "closed")
 # Most urgent first: risk, then the longest wait, then the case id for a stable order.
-_RISK_ORDER = case({"critical": 0, "high": 1, "medium": 2}, value=tables.cases.c.risk_level, else_=3)
+_RISK_ORDER = most_urgent_first(tables.cases.c.risk_level)
 
 
 class Me(BaseModel):

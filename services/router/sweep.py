@@ -11,21 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from sqlalchemy import case, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.router import tables
 from services.router.handlers import NetworkCache, decide_and_apply, lock_case, state_from_row
 from services.router.lifecycle import CaseState, Context, fire_due, offer_queued
 from services.router.policy import Policy
-from services.shared.db import is_transient_db_error, transaction
+from services.shared.db import is_transient_db_error, most_urgent_first, transaction
 from services.shared.logging import get_logger
 from services.shared.time import utc_now
 
 log = get_logger(__name__)
 
 # Most urgent first: risk, then the longest wait.
-_URGENCY = case({"critical": 0, "high": 1, "medium": 2}, value=tables.cases.c.risk_level, else_=3)
+_URGENCY = most_urgent_first(tables.cases.c.risk_level)
 
 
 class DeadlineSweep:

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import MetaData
+from sqlalchemy import ColumnElement, MetaData, case
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from schemas.enums import RiskLevel
 from services.shared.settings import Settings
 
 metadata = MetaData(
@@ -135,3 +136,8 @@ def is_transient_db_error(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OSError | ConnectionError | TimeoutError)
+
+
+def most_urgent_first(risk_level: ColumnElement[str]) -> ColumnElement[int]:
+    """An ORDER BY key putting critical cases first, then high, medium, low."""
+    return case({risk.value: -risk.rank for risk in RiskLevel}, value=risk_level, else_=1)
