@@ -6,16 +6,12 @@ Nothing here reaches a database: the network comes from a file and the cases are
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
-import structlog
 
 from services.cli import main
-from services.shared.settings import get_settings
 
 DEFAULT_POLICY = Path(str(resources.files("services.router").joinpath("policy.yaml")))
 
@@ -48,20 +44,7 @@ users:
 ROUTINE_IN_VILLAGE = "  - name: routine-in-village\n    when: {risk: [low]}\n    tier: village"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings_and_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fresh settings from a clean environment; logging restored afterwards (main() configures it globally)."""
-    for name in ("CASELINK_DATABASE_URL", "CASELINK_KAFKA_BOOTSTRAP", "CASELINK_POLICY", "CASELINK_LOG_FORMAT"):
-        monkeypatch.delenv(name, raising=False)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    structlog_config = structlog.get_config()
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-    root.handlers, root.level = handlers, level
-    structlog.configure(**structlog_config)
-    structlog.contextvars.clear_contextvars()
+pytestmark = pytest.mark.usefixtures("isolated_settings_and_logging")
 
 
 @pytest.fixture
