@@ -1,11 +1,44 @@
-"""Tables of the `notifier` schema: the delivery log."""
+"""Tables of the `notifier` schema: the push jobs still to send, and the delivery log."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, Table, Text, UniqueConstraint, func
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, Table, Text, UniqueConstraint, false, func, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from services.shared.db import metadata
+
+# One row per (event, recipient): what to say, the recipient's channels in fallback order, and
+# where its delivery stands. The consumer only inserts rows (so a slow receiver never holds up
+# the partition); the dispatcher sends them, retries them with backoff, falls back to the next
+# channel, and batches digest-eligible ones per recipient.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("event_id", UUID(as_uuid=False), nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("case_id", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("risk_level", Text, nullable=False),
+    Column("resident_ref", Text, nullable=True),
+    Column("recipient", Text, nullable=False),
+    Column("channels", JSONB, nullable=False),
+    Column("message", JSONB, nullable=False),
+    Column("channel_index", Integer, nullable=False, server_default="0"),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("batchable", Boolean, nullable=False, server_default=false()),
+    Column("status", Text, nullable=False, server_default="pending"),  # pending | delivered | failed
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    # A dispatcher that took the job owns it until then; a crashed one's jobs are taken over after.
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    # A redelivered event finds its jobs and adds none: the dedupe of "never push twice".
+    UniqueConstraint("event_id", "recipient"),
+    Index("ix_jobs_pending_due", "due_at", postgresql_where=text("status = 'pending'")),
+    schema="notifier",
+)
 
 deliveries = Table(
     "deliveries",
@@ -19,8 +52,10 @@ deliveries = Table(
     Column("status", Text, nullable=False),  # delivered | failed
     Column("attempts", Integer, nullable=False),
     Column("last_error", Text, nullable=True),
+    # Set when the push went out inside a digest: the digest's own delivery id.
+    Column("batch_id", UUID(as_uuid=False), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # One push per (event, channel, recipient): a redelivered event finds its row and pushes nothing.
+    # One row per (event, channel, recipient).
     UniqueConstraint("event_id", "channel", "recipient"),
     schema="notifier",
 )
