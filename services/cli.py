@@ -209,6 +209,12 @@ def _dev(settings: Settings, args: argparse.Namespace) -> None:
     sys.exit(run_dev(settings, args))
 
 
+def _bench(settings: Settings, args: argparse.Namespace) -> None:
+    from services.bench.cli import run_bench
+
+    sys.exit(run_bench(settings, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every caselink command."""
     parser = argparse.ArgumentParser(prog="caselink", description="tiered case referral and dispatch")
@@ -268,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=1, help="seed of the random sample (default: 1)")
     simulate.add_argument("--json", action="store_true", help="print the report as JSON")
     simulate.set_defaults(handler=_policy_simulate, service="cli")
+
+    from services.bench.cli import add_arguments as add_bench_arguments
+
+    bench = commands.add_parser("bench", help="end-to-end benchmark: raw broker baseline, pipeline, HTTP intake")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench, service="bench")
     return parser
 
 

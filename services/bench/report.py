@@ -1,0 +1,139 @@
+"""The bench's results: the headline figures and the human table (pure), and their rendering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from services.bench.stats import check_targets, ratio
+
+Row = tuple[str, str, str]
+
+
+def sustained(section: dict[str, Any] | None, key: str = "per_s") -> float | None:
+    """A phase's sustained rate: its steady middle (10th–90th percentile of finishes) when measured, else overall."""
+    if not section:
+        return None
+    return section.get("steady_" + key) or section.get(key)
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Add the ratios and the target checks to a results dict (returns the same dict)."""
+    baseline = sustained(results.get("baseline"))
+    saturation = results["caselink"].get("saturation") or []
+    by_replicas = {str(p["replicas"]): sustained(p, "cases_per_s") for p in saturation}
+    results["ratios"] = {
+        "caselink_vs_baseline": {n: ratio(rate, baseline) for n, rate in by_replicas.items()},
+        "scale_out": {n: ratio(rate, by_replicas.get("1")) for n, rate in by_replicas.items() if n != "1"},
+    }
+    fixed = results["caselink"].get("fixed_rate") or {}
+    http = results.get("http") or {}
+    best = max((r for r in by_replicas.values() if r is not None), default=None)
+    results["targets"] = [
+        t.to_dict()
+        for t in check_targets(
+            cases_per_s=best,
+            p99_ms_at_rate=(fixed.get("latency_ms") or {}).get("p99_ms"),
+            offered_rate=fixed.get("offered_per_s"),
+            http_per_s=http.get("requests_per_s"),
+        )
+    ]
+    return results
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.1f}{unit}" if value < 100 else f"{value:,.0f}{unit}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _latency(section: dict[str, Any]) -> str:
+    lat = section.get("latency_ms") or {}
+    return f"p50 {_num(lat.get('p50_ms'))} · p95 {_num(lat.get('p95_ms'))} · p99 {_num(lat.get('p99_ms'))} ms"
+
+
+def table_rows(results: dict[str, Any]) -> list[Row]:
+    """(what, figure, detail) rows of the human table, from a summarised results dict."""
+    rows: list[Row] = []
+    if baseline := results.get("baseline"):
+        rows.append(
+            (
+                f"baseline: raw aiokafka, {baseline['hops']} hops",
+                f"{_num(sustained(baseline))} msg/s",
+                f"overall {_num(baseline.get('per_s'))} msg/s over {baseline['messages']:,} msgs; {_latency(baseline)}",
+            )
+        )
+    if fixed := results["caselink"].get("fixed_rate"):
+        rows.append(
+            (
+                f"caselink at {_num(fixed['offered_per_s'])}/s offered (×{fixed['replicas']})",
+                _latency(fixed),
+                f"{fixed['cases']:,} cases; settled {_num(fixed.get('cases_per_s'))} cases/s",
+            )
+        )
+    for phase in results["caselink"].get("saturation") or []:
+        rows.append(
+            (
+                f"caselink saturation, ×{phase['replicas']} router+notifier",
+                f"{_num(sustained(phase, 'cases_per_s'))} cases/s",
+                f"overall {_num(phase.get('cases_per_s'))} cases/s over {phase['cases']:,} cases; {_latency(phase)}",
+            )
+        )
+    if http := results.get("http"):
+        rows.append(
+            (
+                f"HTTP intake, {http['clients']} clients",
+                f"{_num(http.get('requests_per_s'))} req/s",
+                f"{http['requests']:,} requests in {http['seconds']:.1f}s; {_latency(http)}; "
+                f"statuses {http['statuses']}",
+            )
+        )
+    for replicas, value in (results.get("ratios") or {}).get("caselink_vs_baseline", {}).items():
+        rows.append((f"ratio caselink (×{replicas}) / baseline", _ratio(value), "sustained cases/s ÷ sustained msg/s"))
+    for replicas, value in (results.get("ratios") or {}).get("scale_out", {}).items():
+        rows.append((f"scale-out ×{replicas} / ×1", _ratio(value), "sustained cases/s"))
+    for target in results.get("targets") or []:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        rows.append(
+            (
+                f"target: {target['name']}",
+                f"{_num(target['measured'])} {target['unit']}",
+                f"{target['target']}: {verdict}",
+            )
+        )
+    if correctness := results.get("correctness"):
+        verdict = "ok" if correctness["ok"] else "FAILED"
+        detail = (
+            f"{correctness['submitted']:,} submitted, {correctness['settled']:,} settled "
+            f"({correctness['assigned']:,} assigned, {correctness['queued']:,} queued), {correctness['lost']:,} lost, "
+            f"{correctness['duplicate_decisions']:,} duplicate decisions, {correctness['sequence_problems']:,} "
+            f"sequence problems, {correctness['rejected']:,} rejected, "
+            f"{correctness['notification_failed']:,} notification failures"
+        )
+        rows.append(("correctness", verdict, detail))
+    return rows
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The human table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="caselink bench", title_justify="left")
+    for column in ("measurement", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    for row in table_rows(results):
+        style = "bold red" if row[0] == "correctness" and row[1] != "ok" else None
+        table.add_row(*row, style=style)
+    Console(width=160).print(table)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    """The results as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

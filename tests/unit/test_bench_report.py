@@ -1,0 +1,71 @@
+"""The bench's summary: ratios, targets, and the rows of the human table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.bench.report import summarise, sustained, table_rows
+
+
+def results(**overrides: Any) -> dict[str, Any]:
+    latency = lat = {"p50_ms": 40.0, "p95_ms": 90.0, "p99_ms": 150.0}
+    # fmt: off
+    base: dict[str, Any] = {
+        "baseline": {"messages": 1000, "hops": 3, "per_s": 8000.0, "steady_per_s": 10000.0, "latency_ms": latency},
+        "caselink": {
+            "fixed_rate": {"replicas": 1, "cases": 5000, "offered_per_s": 500.1, "cases_per_s": 499.0,
+                           "latency_ms": latency},
+            "saturation": [
+                {"replicas": 1, "cases": 1000, "cases_per_s": 900.0, "steady_cases_per_s": 1000.0, "latency_ms": lat},
+                {"replicas": 2, "cases": 1000, "cases_per_s": 1500.0, "steady_cases_per_s": 1600.0, "latency_ms": lat},
+            ],
+        },
+        "http": {"clients": 32, "seconds": 10.0, "requests": 12000, "requests_per_s": 1200.0,
+                 "statuses": {"202": 12000}},
+        "correctness": {
+            "ok": True, "submitted": 7000, "settled": 7000, "assigned": 6900, "queued": 100, "lost": 0,
+            "duplicate_decisions": 0, "sequence_problems": 0, "rejected": 0, "notification_failed": 0,
+        },
+    }
+    # fmt: on
+    base.update(overrides)
+    return base
+
+
+def test_sustained_prefers_the_steady_rate_and_falls_back_to_the_overall_one() -> None:
+    assert sustained({"per_s": 5.0, "steady_per_s": 7.0}) == 7.0
+    assert sustained({"per_s": 5.0, "steady_per_s": None}) == 5.0
+    assert sustained(None) is None
+
+
+def test_ratios_compare_each_replica_count_with_the_baseline_and_with_one_replica() -> None:
+    summary = summarise(results())
+    assert summary["ratios"]["caselink_vs_baseline"] == {"1": 0.1, "2": 0.16}
+    assert summary["ratios"]["scale_out"] == {"2": 1.6}
+
+
+def test_targets_use_the_best_replica_count_the_fixed_rate_p99_and_http() -> None:
+    targets = {t["unit"]: t for t in summarise(results())["targets"]}
+    assert targets["cases/s"]["measured"] == 1600.0 and targets["cases/s"]["met"] is False
+    assert targets["ms"]["measured"] == 150.0 and targets["ms"]["met"] is True
+    assert targets["req/s"]["met"] is False
+
+
+def test_without_a_baseline_there_is_no_ratio() -> None:
+    summary = summarise(results(baseline=None))
+    assert summary["ratios"]["caselink_vs_baseline"] == {"1": None, "2": None}
+
+
+def test_the_table_has_a_row_per_measurement_and_a_correctness_verdict() -> None:
+    rows = table_rows(summarise(results()))
+    names = [row[0] for row in rows]
+    assert names[0].startswith("baseline")
+    assert any(name.startswith("caselink saturation, ×2") for name in names)
+    assert ("scale-out ×2 / ×1", "1.6", "sustained cases/s") in rows
+    assert rows[-1][:2] == ("correctness", "ok")
+
+
+def test_a_run_that_lost_cases_says_failed() -> None:
+    broken = results()
+    broken["correctness"] = {**broken["correctness"], "ok": False, "lost": 3}
+    assert table_rows(summarise(broken))[-1][1] == "FAILED"
