@@ -88,7 +88,11 @@ async def _three_hops(
     progress: Callable[[int], None],
 ) -> BaselineResult:
     total = len(messages)
-    forwarders = [await _start_forwarder(settings, bootstrap, topics[i], topics[i + 1], total) for i in range(HOPS - 1)]
+    forwarders = list(
+        await asyncio.gather(
+            *(_start_forwarder(settings, bootstrap, topics[i], topics[i + 1], total) for i in range(HOPS - 1))
+        )
+    )
     sink_consumer = _consumer(settings, bootstrap)
     producer = make_producer(settings, bootstrap, client_id="caselink-bench-baseline")
     await sink_consumer.start()

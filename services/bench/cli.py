@@ -159,8 +159,9 @@ async def _measure(
         )  # fmt: skip
         results["baseline"] = baseline.to_dict()
 
-    task = progress.add_task("starting intake", total=None)
-    await services.start_intake()
+    first = args.replicas[0]
+    task = progress.add_task(f"starting intake, {first} router(s) and notifier(s)", total=None)
+    await asyncio.gather(services.start_intake(), services.start_consumers(first))
     progress.update(task, total=1, completed=1)
     watcher = EventWatcher(settings, infra.kafka_bootstrap)
     await watcher.start()
@@ -180,9 +181,9 @@ async def _measure(
         for index, replicas in enumerate(args.replicas):
             if index:
                 await services.stop_consumers()
-            task = progress.add_task(f"starting {replicas} router(s) and notifier(s)", total=None)
-            await services.start_consumers(replicas)
-            progress.update(task, total=1, completed=1)
+                task = progress.add_task(f"starting {replicas} router(s) and notifier(s)", total=None)
+                await services.start_consumers(replicas)
+                progress.update(task, total=1, completed=1)
             profiling = args.profile and index == 0 and services.start_profilers(services.data_dir / "profile")
             names = ["fixed_rate"] if index == 0 and not args.skip_fixed_rate else []
             for name in [*names, f"saturation-{replicas}"]:
