@@ -209,6 +209,24 @@ def _dev(settings: Settings, args: argparse.Namespace) -> None:
     sys.exit(run_dev(settings, args))
 
 
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
+    from aiokafka.errors import KafkaError
+
+    from services.dlq import replay_dead_letters
+
+    for name, value in (("--since-offset", args.since_offset), ("--limit", args.limit)):
+        if value is not None and value < 0:
+            raise SystemExit(f"{name} must not be negative, got {value}")
+    try:
+        asyncio.run(
+            replay_dead_letters(
+                settings, args.topic, since_offset=args.since_offset, limit=args.limit, dry_run=args.dry_run
+            )
+        )
+    except KafkaError as exc:
+        raise SystemExit(f"cannot replay from Kafka at {settings.kafka_bootstrap}: {exc!r}") from None
+
+
 def _bench(settings: Settings, args: argparse.Namespace) -> None:
     from services.bench.cli import run_bench
 
@@ -274,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=1, help="seed of the random sample (default: 1)")
     simulate.add_argument("--json", action="store_true", help="print the report as JSON")
     simulate.set_defaults(handler=_policy_simulate, service="cli")
+
+    dlq = commands.add_parser("dlq", help="dead-letter topics").add_subparsers(dest="dlq_command", required=True)
+    replay = dlq.add_parser(
+        "replay", help="re-publish dead letters to their origin topic (only new ones since the last run)"
+    )
+    replay.add_argument("topic", help="the consumed topic or its .dlq, e.g. caselink.referrals.submitted")
+    replay.add_argument("--since-offset", type=int, help="start at this offset (default: after the last run)")
+    replay.add_argument("--limit", type=int, help="replay at most this many messages")
+    replay.add_argument("--dry-run", action="store_true", help="print what would be replayed; publish nothing")
+    replay.set_defaults(handler=_dlq_replay, service="cli")
 
     from services.bench.cli import add_arguments as add_bench_arguments
 

@@ -21,7 +21,13 @@ from services.intake import actions, handlers, stream, views
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
-from services.shared.consuming import MessageConsumer, decode_case_event, decode_message, origin
+from services.shared.consuming import (
+    MessageConsumer,
+    decode_case_event,
+    decode_message,
+    enqueue_dead_letter,
+    origin,
+)
 from services.shared.directory import get_user
 from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
@@ -46,11 +52,12 @@ def register_consumers(runtime: Runtime) -> None:
         except SubmissionInvalid as exc:
             invalid = exc
             bind_message_context(submission_id=invalid.submission_id)
-            await submissions.process(
-                record,
-                message_id=f"rejected:{origin(record)}",
-                work=lambda session: handlers.reject_submission(session, invalid, key=origin(record)),
-            )
+
+            async def reject(session: AsyncSession) -> None:
+                await handlers.reject_submission(session, invalid, key=origin(record))
+                await enqueue_dead_letter(session, record, consumer=submissions.name, error=f"rejected: {invalid}")
+
+            await submissions.process(record, message_id=f"rejected:{origin(record)}", work=reject)
             return
         bind_message_context(submission_id=str(submission.submission_id))
 
@@ -69,8 +76,11 @@ def register_consumers(runtime: Runtime) -> None:
                 )
             except SubmissionInvalid as invalid:
                 await handlers.reject_submission(session, invalid, key=str(submission.submission_id))
+                await enqueue_dead_letter(session, record, consumer=submissions.name, error=f"rejected: {invalid}")
 
-        await submissions.process(record, message_id=f"submission:{submission.submission_id}", work=accept)
+        # Claimed per message, not per submission id: a resend or a `caselink dlq replay` of a
+        # rejected submission is judged again (an accepted one is a no-op: its submission key exists).
+        await submissions.process(record, message_id=f"submission:{origin(record)}", work=accept)
 
     @runtime.broker.subscriber(CASE_EVENTS, **runtime.subscriber_options("caselink-intake-projection"))
     async def on_case_event(msg: KafkaMessage) -> None:

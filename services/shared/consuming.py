@@ -82,18 +82,23 @@ class MessageConsumer:
 
     async def dead_letter(self, record: Any, error: str) -> None:
         """Send the raw message to `<topic>.dlq` (once, even if this is itself redelivered)."""
-        where = origin(record)
         async with transaction(self._sessions) as session:
-            if not await claim(session, consumer=self.name, message_id=f"dlq:{where}"):
+            if not await claim(session, consumer=self.name, message_id=f"dlq:{origin(record)}"):
                 return
-            await enqueue(
-                session,
-                topic=dlq(record.topic),
-                key=record.key,
-                payload=record.value or b"",
-                headers={"x-error": error[:1000], "x-origin": where, "x-consumer": self.name},
-            )
-        log.warning("consumer.dead_lettered", consumer=self.name, origin=where)
+            await enqueue_dead_letter(session, record, consumer=self.name, error=error)
+
+
+async def enqueue_dead_letter(session: AsyncSession, record: Any, *, consumer: str, error: str) -> None:
+    """Add the raw message to `<topic>.dlq` in the caller's transaction (the caller guards duplicates)."""
+    where = origin(record)
+    await enqueue(
+        session,
+        topic=dlq(record.topic),
+        key=record.key,
+        payload=record.value or b"",
+        headers={"x-error": error[:1000], "x-origin": where, "x-consumer": consumer},
+    )
+    log.warning("consumer.dead_lettered", consumer=consumer, origin=where)
 
 
 async def decode_message(consumer: MessageConsumer, record: Any, model: type[M]) -> M | None:
