@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -112,18 +113,59 @@ def build_runtime(service: str, settings: Settings) -> Runtime:
     )
 
 
-async def serve_until_signalled(factory: Callable[[], Runtime], *, ready_file: Path | None = None) -> None:
-    """Build and run a consumer-only service until SIGTERM or SIGINT, then shut down gracefully."""
+READINESS_INTERVAL = 5.0
+
+
+async def _write_readiness(ready_file: Path, checks: dict[str, bool]) -> None:
+    body = json.dumps({"ready": all(checks.values()), "checks": checks}) + "\n"
+    await asyncio.to_thread(ready_file.write_text, body)
+
+
+async def _report_readiness(runtime: Runtime, ready_file: Path | None, interval: float, *, was_ready: bool) -> None:
+    """Re-check the database and the broker every `interval` seconds; log each change and keep the
+    current answer in the ready file as JSON (`{"ready": ..., "checks": {...}}`).
+
+    The file itself stays: a probe that only tests for it (liveness) must not restart a consumer
+    that is waiting out an outage it will recover from by itself. A readiness probe reads the content.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        checks = await runtime.ready()
+        ready = all(checks.values())
+        if ready == was_ready:
+            continue
+        if ready:
+            log.info("service.ready_again", **checks)
+        else:
+            log.warning("service.not_ready", **checks)
+        if ready_file is not None:
+            await _write_readiness(ready_file, checks)
+        was_ready = ready
+
+
+async def serve_until_signalled(
+    factory: Callable[[], Runtime], *, ready_file: Path | None = None, readiness_interval: float = READINESS_INTERVAL
+) -> None:
+    """Build and run a consumer-only service until SIGTERM or SIGINT, then shut down gracefully.
+
+    `ready_file` is written once the service consumes, and then holds its current readiness."""
     runtime = factory()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    checks = await runtime.ready()
     if ready_file:
-        await asyncio.to_thread(ready_file.touch)
+        await _write_readiness(ready_file, checks)
+    watch = asyncio.create_task(
+        _report_readiness(runtime, ready_file, readiness_interval, was_ready=all(checks.values())), name="readiness"
+    )
     try:
         await stop.wait()
     finally:
         log.info("service.stopping")
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         await runtime.stop()
