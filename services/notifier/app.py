@@ -1,53 +1,96 @@
-"""The notifier service: consumes caselink.case.events and pushes tasks, escalations and warnings."""
+"""The notifier service: stores a push job for every task, escalation and warning on
+caselink.case.events, and dispatches them (retries, fallbacks, digests, quiet hours)."""
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+from datetime import timedelta
+from typing import Any, cast
 
 import httpx
-from aiokafka import ConsumerRecord
 from faststream.kafka.annotations import KafkaMessage
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.topics import CASE_EVENTS
 from services.notifier.channels import build_channels
-from services.notifier.domain import RetryPolicy, recipients_needed
-from services.notifier.handlers import deliver_event, record_deliveries
-from services.shared.consuming import MessageConsumer, decode_case_event
-from services.shared.logging import bind_message_context, clear_message_context
+from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
+from services.notifier.domain import NoisePolicy, RetryPolicy, recipients_needed
+from services.notifier.handlers import CONSUMER, Incoming, store_jobs
+from services.shared.consuming import MessageConsumer, decode_case_event, origin
+from services.shared.db import is_transient_db_error, transaction
 from services.shared.runtime import Runtime, build_runtime
-from services.shared.settings import Settings
+from services.shared.settings import Settings, quiet_hours_window
+from services.shared.time import utc_now
+
+
+def noise_policy(settings: Settings) -> NoisePolicy:
+    """The digest and quiet-hours policy configured in the settings."""
+    return NoisePolicy(settings.notify_digest_minutes, *quiet_hours_window(settings.notify_quiet_hours))
 
 
 def create_service(settings: Settings) -> Runtime:
-    """The runnable notifier: its runtime with the case-event subscriber registered."""
+    """The runnable notifier: its runtime with the case-event subscriber and the dispatcher."""
     runtime = build_runtime("notifier", settings)
-    consumer = MessageConsumer("notifier.pushes", runtime.sessions, max_attempts=settings.consumer_max_attempts)
+    _, bootstrap = settings.require_infrastructure()
+    consumer = MessageConsumer(CONSUMER, runtime.sessions, max_attempts=settings.consumer_max_attempts)
     client = httpx.AsyncClient(trust_env=False, timeout=settings.webhook_timeout)
-    channels = build_channels(client, timeout=settings.webhook_timeout, settings=settings)
-    retry = RetryPolicy(attempts=settings.notify_attempts, base_delay=settings.notify_base_delay)
+    retry = RetryPolicy(
+        attempts=settings.notify_attempts, base_delay=settings.notify_base_delay, max_delay=settings.notify_max_delay
+    )
+    noise = noise_policy(settings)
+    dispatcher = Dispatcher(
+        runtime.sessions,
+        build_channels(client, timeout=settings.webhook_timeout, settings=settings),
+        retry,
+        read_origin=kafka_origin_reader(settings, bootstrap),
+        # A lease outlives any single send (each is bounded by its channel's timeout).
+        lease=timedelta(seconds=max(60.0, 3 * max(settings.webhook_timeout, settings.smtp_timeout))),
+        poll_interval=settings.notify_poll_interval,
+        max_in_flight=settings.notify_max_in_flight,
+    )
 
-    @runtime.broker.subscriber(CASE_EVENTS, **runtime.subscriber_options("caselink-notifier"))
-    async def on_case_event(msg: KafkaMessage) -> None:
-        record = cast(ConsumerRecord, msg.raw_message)
-        clear_message_context()
-        event = await decode_case_event(consumer, record)
-        if event is None or recipients_needed(event.type, event.data.model_dump(mode="json")).is_empty:
+    @runtime.broker.subscriber(
+        CASE_EVENTS, batch=True, max_records=500, **runtime.subscriber_options("caselink-notifier")
+    )
+    async def on_case_events(msg: KafkaMessage) -> None:
+        records = cast(tuple[Any, ...], msg.raw_message)
+        batch: list[Incoming] = []
+        for record in records:
+            event = await decode_case_event(consumer, record)
+            if event is not None and not recipients_needed(event.type, event.data.model_dump(mode="json")).is_empty:
+                batch.append(Incoming(event, origin(record)))
+        if not batch:
             return
-        bind_message_context(case_id=event.subject, event_id=str(event.id))
 
-        async def push_then_record() -> bool:
-            outcomes, unreachable = await deliver_event(
-                event, sessions=runtime.sessions, channels=channels, retry=retry
-            )
+        if await _store_batch(consumer, runtime, records, batch, noise):
+            dispatcher.wake()
 
-            async def save(session: AsyncSession) -> None:
-                await record_deliveries(session, event, outcomes, unreachable)
-
-            return await consumer.apply(message_id=str(event.id), work=save)
-
-        # Pushing and recording share one retry budget: a failure in either is retried, then dead-lettered.
-        await consumer.guard(record, push_then_record)
-
+    runtime.companions.append(dispatcher)
     runtime.closers.append(client.aclose)
     return runtime
+
+
+async def _store_batch(
+    consumer: MessageConsumer, runtime: Runtime, records: tuple[Any, ...], batch: list[Incoming], noise: NoisePolicy
+) -> bool:
+    """Store a batch's jobs in one transaction; whether any job is new.
+
+    If the batch fails for a reason other than the database, its events are stored one at a
+    time, each under the consumer's retry / dead-letter policy: only a bad event goes to the
+    DLQ, and the ones already stored are not stored twice (one job per event and recipient).
+    """
+
+    async def store(items: list[Incoming]) -> bool:
+        async with transaction(runtime.sessions) as session:
+            return await store_jobs(session, items, now=utc_now(), noise=noise) > 0
+
+    try:
+        return await store(batch)
+    except Exception as exc:
+        if is_transient_db_error(exc):
+            await asyncio.sleep(1.0)
+            raise  # NACK: the batch is read again once the database is back
+    by_origin = {origin(record): record for record in records}
+    stored = False
+    for item in batch:
+        stored |= await consumer.guard(by_origin[item.origin], lambda item=item: store([item]))  # type: ignore[misc]
+    return stored

@@ -1,7 +1,9 @@
-"""Notifier decisions: who gets a push for a case event, what it says, and how retries back off.
+"""Notifier decisions: who gets a push for a case event, when it goes out, over which channel,
+and what happens after each send (retry, fall back, give up).
 
-Pure and synchronous: no broker, no database, no HTTP. The handler looks recipients up
-(guided by `recipients_needed`), calls `plan_pushes`, and hands each `Push` to a channel.
+Pure and synchronous: no broker, no database, no HTTP. The consumer looks recipients up (guided
+by `recipients_needed`) and stores the `Job`s of `plan_jobs`; the dispatcher groups due jobs
+(`sending_groups`), turns each group into a `Push` (`push_for`), and applies `after_send`.
 """
 
 from __future__ import annotations
@@ -9,68 +11,29 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, time, timedelta
 from typing import Any, Literal
 
-ROUTED = "caselink.case.routed.v1"
-ASSIGNED = "caselink.case.assigned.v1"
-ESCALATED = "caselink.case.escalated.v1"
-QUEUED = "caselink.case.queued.v1"
-SLA_WARNING = "caselink.case.sla_warning.v1"
-SLA_BREACHED = "caselink.case.sla_breached.v1"
+from services.notifier.messages import (
+    ASSIGNED,
+    BEIJING,
+    ESCALATED,
+    QUEUED,
+    ROUTED,
+    SLA_BREACHED,
+    SLA_WARNING,
+    message_facts,
+    render,
+    render_digest,
+)
+
+__all__ = ["ASSIGNED", "ESCALATED", "QUEUED", "ROUTED", "SLA_BREACHED", "SLA_WARNING"]
 
 # Fixed forever: changing it would give redelivered events new delivery ids, and receivers
 # deduplicate on X-Caselink-Delivery.
 DELIVERY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:caselink:notifier:delivery")
 
 Purpose = Literal["task", "escalation", "warning"]
-
-CATEGORY_ZH = {
-    "social_assistance": "社会救助",
-    "elderly_care": "养老服务",
-    "child_protection": "儿童保护",
-    "disability_support": "助残服务",
-    "mental_health": "心理健康",
-    "crisis_intervention": "危机干预",
-    "medical_social_work": "医务社工",
-    "family_support": "家庭支持",
-    "livelihood": "生计发展",
-    "community_governance": "社区治理",
-    "resource_linkage": "资源链接",
-}
-RISK_ZH = {"low": "低", "medium": "中", "high": "高", "critical": "紧急"}
-TIER_ZH = {
-    "village": "村（社区）社工室",
-    "township": "乡镇（街道）社工站",
-    "county": "县（区）社工总站",
-    "city": "市社工支持中心",
-}
-TIER_EN = {
-    "village": "village room",
-    "township": "township station",
-    "county": "county hub",
-    "city": "city centre",
-}
-ESCALATION_REASON_ZH = {
-    "no_capacity": "无可用社工",
-    "offer_expired": "接单超时",
-    "declined": "被拒绝",
-    "sla_breach": "超时未办结",
-    "manual": "人工上转",
-    "rule": "规则",
-}
-ESCALATION_REASON_EN = {
-    "no_capacity": "no worker available",
-    "offer_expired": "offer not accepted in time",
-    "declined": "declined",
-    "sla_breach": "not resolved in time",
-    "manual": "manual escalation",
-    "rule": "policy rule",
-}
-DEADLINE_KIND_ZH = {"accept": "接单", "resolve": "办结"}
-
-# Station staff read these texts in China; there is no DST, so a fixed offset is exact.
-BEIJING = timezone(timedelta(hours=8), "CST")
 
 # Whitelist of body keys: a push leaves the system, so nothing outside this set (in
 # particular resident_ref or any resident field a future event might carry) may be copied.
@@ -86,6 +49,8 @@ BODY_KEYS = frozenset(
         "deadline",
         "text",
         "text_en",
+        "count",
+        "items",
     }
 )
 
@@ -206,140 +171,261 @@ def purpose_of(event_type: str) -> Purpose | None:
     return _PURPOSES.get(event_type)
 
 
-def plan_pushes(event_type: str, data: dict[str, Any], event_id: str, recipients: list[Recipient]) -> list[Push]:
-    """One push per (recipient, configured channel) for an event; [] for events that notify nobody."""
-    message = _message_for(event_type, data)
-    if message is None:
+@dataclass(frozen=True)
+class NoisePolicy:
+    """When non-urgent pushes wait: supervisors' digest window, and everyone's quiet hours.
+
+    Critical cases are never held. Digests batch low- and medium-risk escalations per recipient
+    into aligned windows of `digest_minutes` (0 = off). During quiet hours (Beijing wall clock,
+    `start` inclusive to `end` exclusive, may wrap past midnight) every non-critical push waits
+    for the morning and goes out with the others held for the same person.
+    """
+
+    digest_minutes: int = 10
+    quiet_start: time | None = None
+    quiet_end: time | None = None
+
+    def __post_init__(self) -> None:
+        if self.digest_minutes < 0:
+            raise ValueError("digest_minutes must be 0 (off) or more")
+        if (self.quiet_start is None) != (self.quiet_end is None) or (
+            self.quiet_start is not None and self.quiet_start == self.quiet_end
+        ):
+            raise ValueError("quiet hours need a start and a different end")
+
+    def quiet_until(self, moment: datetime) -> datetime | None:
+        """The end of the quiet period `moment` falls in, or None outside quiet hours."""
+        if self.quiet_start is None or self.quiet_end is None:
+            return None
+        local = moment.astimezone(BEIJING)
+        clock = local.timetz().replace(tzinfo=None)
+        start, end = self.quiet_start, self.quiet_end
+        wraps = start > end
+        inside = (clock >= start or clock < end) if wraps else (start <= clock < end)
+        if not inside:
+            return None
+        day = local.date() + timedelta(days=1) if wraps and clock >= start else local.date()
+        return datetime.combine(day, end, tzinfo=BEIJING)
+
+    def schedule(
+        self, purpose: Purpose, risk_level: str, now: datetime, deadline: datetime | None = None
+    ) -> tuple[datetime, bool]:
+        """When a push planned at `now` goes out, and whether it may share a digest.
+
+        A push about a deadline (an offer to accept, a case to resolve) is never held past that
+        deadline: a task seen at 07:00 for an offer that lapsed at 01:00 helps nobody, and the
+        router would already have moved the case on.
+        """
+        if risk_level == "critical":
+            return now, False
+        due, batchable = now, False
+        if self.digest_minutes and purpose == "escalation" and risk_level in ("low", "medium"):
+            window = self.digest_minutes * 60
+            # Aligned windows: everything of one window goes out together, on every replica.
+            due = datetime.fromtimestamp((int(now.timestamp()) // window + 1) * window, tz=now.tzinfo)
+            batchable = True
+        quiet = self.quiet_until(due)
+        if quiet is not None and (deadline is None or deadline > quiet):
+            return quiet, True
+        if deadline is not None and due > deadline:
+            return now, False
+        return due, batchable
+
+
+@dataclass(frozen=True)
+class Job:
+    """One event's push to one recipient: what to say, the channels in fallback order, its state."""
+
+    id: uuid.UUID
+    event_id: str
+    event_type: str
+    case_id: str
+    purpose: Purpose
+    category: str
+    risk_level: str
+    resident_ref: str | None
+    recipient: str
+    channels: tuple[ChannelConfig, ...]
+    facts: dict[str, Any]
+    due_at: datetime
+    batchable: bool = False
+    channel_index: int = 0
+    attempt: int = 0  # sends so far on the current channel
+    attempts: int = 0  # sends so far on all channels
+
+    @property
+    def channel(self) -> ChannelConfig | None:
+        """The channel the next send uses; None when the recipient has none configured."""
+        return self.channels[self.channel_index] if self.channel_index < len(self.channels) else None
+
+    @property
+    def delivery_id(self) -> uuid.UUID:
+        """The delivery id of this job's send on its current channel."""
+        return delivery_id_for(self.event_id, _channel_key(self.channels, self.channel_index), self.recipient)
+
+
+def job_id_for(event_id: str, recipient: str) -> uuid.UUID:
+    """The id of the job pushing an event to a recipient: the same on every redelivery."""
+    return uuid.uuid5(DELIVERY_NAMESPACE, f"job:{event_id}:{recipient}")
+
+
+def plan_jobs(
+    event_type: str,
+    data: dict[str, Any],
+    event_id: str,
+    recipients: list[Recipient],
+    *,
+    now: datetime,
+    noise: NoisePolicy,
+    waiting_since: datetime | None = None,
+) -> list[Job]:
+    """One job per recipient of an event ([] for events that notify nobody), scheduled by `noise`."""
+    purpose = purpose_of(event_type)
+    facts = message_facts(event_type, data, waiting_since)
+    if purpose is None or render(facts, now) is None:
         return []
-    purpose, deadline, text, text_en = message
-    pushes: list[Push] = []
-    seen: set[tuple[str, str]] = set()
+    risk = str(data.get("risk_level") or "unknown")
+    due_at, batchable = noise.schedule(purpose, risk, now, _deadline_of(facts))
+    jobs: dict[str, Job] = {}
     for recipient in recipients:
         # The caller may list a supervisor both directly and via several lookups.
-        if (recipient.kind, recipient.id) in seen:
-            continue
-        seen.add((recipient.kind, recipient.id))
-        used: dict[str, int] = {}
-        for config in recipient.channels:
-            delivery_id = delivery_id_for(event_id, _channel_key(config.channel, used), recipient.id)
-            body = {
-                "delivery_id": str(delivery_id),
-                "purpose": purpose,
-                "case_id": data["case_id"],
-                "tier": data.get("tier"),
-                "station_id": data.get("station_id"),
-                "category": data.get("category"),
-                "risk_level": data.get("risk_level"),
-                "deadline": deadline,
-                "text": text,
-                "text_en": text_en,
-            }
-            pushes.append(
-                Push(
-                    delivery_id=delivery_id,
-                    event_id=event_id,
-                    case_id=data["case_id"],
-                    purpose=purpose,
-                    recipient=recipient.id,
-                    channel=config,
-                    body=body,
-                )
-            )
-    return pushes
+        jobs.setdefault(
+            recipient.id,
+            Job(
+                id=job_id_for(event_id, recipient.id),
+                event_id=event_id,
+                event_type=event_type,
+                case_id=data["case_id"],
+                purpose=purpose,
+                category=str(data.get("category") or "unknown"),
+                risk_level=risk,
+                resident_ref=data.get("resident_ref"),
+                recipient=recipient.id,
+                channels=tuple(recipient.channels),
+                facts=facts,
+                due_at=due_at,
+                batchable=batchable,
+            ),
+        )
+    return list(jobs.values())
 
 
-def _channel_key(channel: str, used: dict[str, int]) -> str:
+def _deadline_of(facts: dict[str, Any]) -> datetime | None:
+    raw = facts.get("accept_by") or facts.get("deadline")
+    try:
+        return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+
+
+def sending_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Due jobs in the groups that go out as one push: batchable jobs of one recipient and purpose at
+    the same point of the same channel list share a digest; every other job goes alone."""
+    groups: dict[tuple[Any, ...], list[Job]] = {}
+    for job in jobs:
+        key: tuple[Any, ...] = (
+            (job.recipient, job.purpose, job.channels, job.channel_index, job.attempt) if job.batchable else (job.id,)
+        )
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
+
+
+def digest_id_for(jobs: list[Job]) -> uuid.UUID:
+    """The delivery id of a digest: fixed by its jobs, so a re-sent digest is recognisably the same."""
+    return uuid.uuid5(DELIVERY_NAMESPACE, "digest:" + ",".join(sorted(str(job.delivery_id) for job in jobs)))
+
+
+def push_for(group: list[Job], now: datetime) -> Push:
+    """The push for a group of jobs (one job: its own message; several: a digest) at `now`."""
+    first = group[0]
+    channel = first.channel
+    if channel is None:
+        raise ValueError("a job without channels has nothing to push")
+    if len(group) == 1:
+        text = render(first.facts, now)
+        if text is None:
+            raise ValueError(f"{first.event_type} is not pushed")
+        body = {
+            "delivery_id": str(first.delivery_id),
+            "purpose": first.purpose,
+            "case_id": first.case_id,
+            "tier": first.facts.get("tier"),
+            "station_id": first.facts.get("station_id"),
+            "category": first.category,
+            "risk_level": first.risk_level,
+            "deadline": text.deadline,
+            "text": text.zh,
+            "text_en": text.en,
+        }
+        return Push(first.delivery_id, first.event_id, first.case_id, first.purpose, first.recipient, channel, body)
+    delivery_id = digest_id_for(group)
+    digest = render_digest([job.facts for job in group], now)
+    order = ("critical", "high", "medium", "low")
+    ranked = sorted(group, key=lambda job: order.index(job.risk_level) if job.risk_level in order else len(order))
+    risk = ranked[0].risk_level
+    items = [
+        {
+            "case_id": job.case_id,
+            "category": job.category,
+            "risk_level": job.risk_level,
+            "station_id": job.facts.get("station_id"),
+        }
+        for job in ranked
+    ]
+    body = {
+        "delivery_id": str(delivery_id),
+        "purpose": first.purpose,
+        "case_id": ",".join(job.case_id for job in group),
+        "tier": first.facts.get("tier"),
+        "station_id": first.facts.get("station_id"),
+        "category": first.category,
+        "risk_level": risk,
+        "deadline": None,
+        "text": digest.zh,
+        "text_en": digest.en,
+        "count": len(group),
+        "items": items,
+    }
+    return Push(delivery_id, first.event_id, first.case_id, first.purpose, first.recipient, channel, body)
+
+
+Next = Literal["delivered", "retry", "fallback", "failed"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What happens to a job after a send: done, the same channel later, the next channel now, or given up."""
+
+    next: Next
+    channel_index: int
+    attempt: int
+    due_at: datetime
+
+
+def after_send(job: Job, *, ok: bool, retryable: bool, retry: RetryPolicy, now: datetime, rng: random.Random) -> Step:
+    """Decide a job's next step from the result of the send just made (already counted in `job`).
+
+    Channels are tried in the recipient's order. A channel keeps its retries (with backoff) while
+    its failures may pass; then the next channel is tried at once. For a critical case a failed
+    channel hands over after one send when another channel is left: reaching someone now matters
+    more than waiting out one receiver's backoff.
+    """
+    if ok:
+        return Step("delivered", job.channel_index, job.attempt, now)
+    has_fallback = job.channel_index + 1 < len(job.channels)
+    allowed = 1 if job.risk_level == "critical" and has_fallback else retry.attempts
+    if retryable and job.attempt < allowed:
+        return Step("retry", job.channel_index, job.attempt, now + timedelta(seconds=retry.delay(job.attempt, rng)))
+    if has_fallback:
+        return Step("fallback", job.channel_index + 1, 0, now)
+    return Step("failed", job.channel_index, job.attempt, now)
+
+
+def _channel_key(channels: tuple[ChannelConfig, ...], index: int) -> str:
     # Two channels of the same kind (say, two webhooks) must not share a delivery id, or the
     # second receiver would drop its push as a duplicate; the first keeps the plain name.
-    count = used.get(channel, 0)
-    used[channel] = count + 1
-    return channel if count == 0 else f"{channel}#{count + 1}"
-
-
-def _message_for(event_type: str, data: dict[str, Any]) -> tuple[Purpose, str | None, str, str] | None:
-    category = data.get("category") or "unknown"
-    risk = data.get("risk_level") or "unknown"
-    category_zh = CATEGORY_ZH.get(category, category)
-    category_en = category.replace("_", " ")
-    risk_zh = RISK_ZH.get(risk, "未知")
-    risk_en = risk
-    case_zh = f"{category_zh}个案（风险：{risk_zh}）"
-    case_en = f"{category_en} case (risk: {risk_en})"
-
-    if event_type == ASSIGNED:
-        deadline = data.get("accept_by")
-        zh, en = _deadline_text(deadline)
-        return (
-            "task",
-            deadline,
-            f"新任务：{case_zh}，请在 {zh} 前接单" if deadline else f"新任务：{case_zh}，请尽快接单",
-            f"New task: {case_en}, please accept by {en}" if deadline else f"New task: {case_en}, please accept",
-        )
-    if event_type == ESCALATED:
-        from_zh, to_zh = _tier_zh(data.get("from_tier")), _tier_zh(data.get("tier"))
-        from_en, to_en = _tier_en(data.get("from_tier")), _tier_en(data.get("tier"))
-        reason = data.get("reason") or ""
-        reason_zh = ESCALATION_REASON_ZH.get(reason, "其他")
-        reason_en = ESCALATION_REASON_EN.get(reason, "other")
-        return (
-            "escalation",
-            None,
-            f"个案上转：{case_zh}已由{from_zh}上转至{to_zh}，原因：{reason_zh}，请尽快指派",
-            f"Escalated: {case_en} moved from {from_en} to {to_en}, reason: {reason_en}; please assign",
-        )
-    if event_type == ROUTED:
-        if not data.get("notify_stations"):
-            return None
-        station = data.get("station_id", "")
-        return (
-            "escalation",
-            None,
-            f"个案通报：{case_zh}已转至{_tier_zh(data.get('tier'))} {station}，按规则通报上级督导",
-            f"For your information: {case_en} routed to {_tier_en(data.get('tier'))} {station}, per policy rule",
-        )
-    if event_type == QUEUED:
-        waiting_at = data.get("waiting_at", "")
-        return (
-            "escalation",
-            None,
-            f"个案排队：{case_zh}暂无可接单社工，正在 {waiting_at} 等待指派",
-            f"Queued: {case_en} has no eligible worker with capacity, waiting at {waiting_at}",
-        )
-    if event_type in (SLA_WARNING, SLA_BREACHED):
-        deadline = data.get("deadline")
-        zh, en = _deadline_text(deadline)
-        kind = data.get("kind") or ""
-        kind_zh = DEADLINE_KIND_ZH.get(kind, "")
-        if event_type == SLA_WARNING:
-            text = f"时限预警：{case_zh}的{kind_zh}时限将于 {zh} 到期"
-            text_en = f"Deadline warning: {case_en}, {kind} deadline {en}"
-        else:
-            text = f"时限已过：{case_zh}的{kind_zh}时限已于 {zh} 到期"
-            text_en = f"Deadline passed: {case_en}, {kind} deadline was {en}"
-        return ("warning", deadline, text, text_en)
-    return None
-
-
-def _deadline_text(deadline: str | None) -> tuple[str, str]:
-    if not deadline:
-        return "未知时间", "an unknown time"
-    try:
-        moment = datetime.fromisoformat(deadline)
-    except ValueError:
-        return deadline, deadline
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    local = moment.astimezone(BEIJING)
-    # The date matters: a low-risk offer may run 24 hours, so a bare HH:MM is ambiguous.
-    return (
-        f"{local.month}月{local.day}日 {local:%H:%M}",
-        f"{local:%Y-%m-%d %H:%M} (Beijing time)",
-    )
-
-
-def _tier_zh(tier: str | None) -> str:
-    return TIER_ZH.get(tier or "", tier or "未知层级")
-
-
-def _tier_en(tier: str | None) -> str:
-    return TIER_EN.get(tier or "", tier or "unknown tier")
+    if index >= len(channels):
+        return "none"
+    name = channels[index].channel
+    count = sum(1 for config in channels[:index] if config.channel == name)
+    return name if count == 0 else f"{name}#{count + 1}"

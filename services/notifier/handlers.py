@@ -1,157 +1,358 @@
-"""The notifier's unit of work: push an event to the people it concerns, then record each delivery
-and emit notified / notification_failed.
+"""The notifier's database work: store the jobs of a batch of case events, claim due jobs, and
+record what each send did (delivery log, `notified` / `notification_failed`, dead letters).
 
-Pushes go out before the recording transaction: if the process dies in between, the event is
-redelivered and pushed again with the same X-Caselink-Delivery id (receivers dedupe on it);
-deliveries already recorded are never pushed again.
+The consumer never sends: it stores jobs in one transaction per batch and moves on, so a slow
+or dead receiver cannot hold up a partition. The dispatcher (dispatcher.py) sends.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
+import dataclasses
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import CaseEvent, EventSource
+from schemas.topics import dlq
 from services.notifier import tables
-from services.notifier.channels import Channel, DeliveryResult, channel_for, deliver_with_retries
+from services.notifier.adapters.base import DeliveryResult
 from services.notifier.domain import (
+    ESCALATED,
+    QUEUED,
     ChannelConfig,
-    Push,
+    Job,
+    NoisePolicy,
     Recipient,
     RecipientQuery,
-    RetryPolicy,
-    plan_pushes,
-    purpose_of,
+    Step,
+    plan_jobs,
     recipients_needed,
 )
-from services.shared.logging import get_logger
-from services.shared.outbox import emit_case_event
+from services.shared.outbox import emit_case_event, enqueue
 from services.shared.tables import stations, users
 
-log = get_logger(__name__)
 SOURCE: EventSource = "caselink/notifier"
-Outcome = tuple[Push, DeliveryResult, int]
+CONSUMER = "notifier.pushes"
+_CHANNEL_FIELDS = ("url", "secret", "address", "phone", "template_id")
 
 
-def _channels(raw: list[dict[str, Any]] | None) -> list[ChannelConfig]:
-    fields = ("url", "secret", "address", "phone", "template_id")
-    return [ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in fields}) for c in raw or []]
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded case event and where it was read (`topic/partition/offset`)."""
+
+    event: CaseEvent
+    origin: str
 
 
-async def find_recipients(session: AsyncSession, query: RecipientQuery) -> list[Recipient]:
-    """The users and station channels a push must reach, with their configured channels."""
-    found: list[Recipient] = []
-    if query.user_ids:
-        rows = await session.execute(select(users.c.id, users.c.notify).where(users.c.id.in_(query.user_ids)))
-        found += [Recipient(row.id, "user", _channels(row.notify)) for row in rows]
-    if query.supervisors_of:
-        rows = await session.execute(
-            select(users.c.id, users.c.notify).where(
-                users.c.station_id.in_(query.supervisors_of), users.c.role == "supervisor"
-            )
+@dataclass(frozen=True)
+class Sent:
+    """A job after a send: the job (its counters already include the send), the result, the channel
+    it went over, the push's own delivery id when it was part of a digest, and the decided step."""
+
+    job: Job
+    result: DeliveryResult
+    channel: str
+    batch_id: uuid.UUID | None
+    step: Step
+
+
+def channel_configs(raw: list[dict[str, Any]] | None) -> tuple[ChannelConfig, ...]:
+    """A network file's `notify` list as channel configs, in order."""
+    return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw or [])
+
+
+async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy) -> int:
+    """Plan and store the jobs of a batch of events; return how many are new (or revived).
+
+    A redelivered event adds nothing (one job per event and recipient). A job given up before
+    becomes pending again with the recipient's current channels: that is how a dead letter
+    replayed after fixing the network file gets its push out.
+    """
+    wanted = [(item, recipients_needed(item.event.type, _data(item.event))) for item in batch]
+    wanted = [(item, query) for item, query in wanted if not query.is_empty]
+    if not wanted:
+        return 0
+    directory = await _Directory.load(session, [query for _, query in wanted])
+    waiting = await _first_job_times(session, [i.event.data.case_id for i, _ in wanted if i.event.type in _WAITING])
+    rows: list[dict[str, Any]] = []
+    for item, query in wanted:
+        data = _data(item.event)
+        since = waiting.get(data["case_id"], item.event.time) if item.event.type in _WAITING else None
+        jobs = plan_jobs(
+            item.event.type,
+            data,
+            str(item.event.id),
+            directory.recipients(query),
+            now=now,
+            noise=noise,
+            waiting_since=since,
         )
-        found += [Recipient(row.id, "user", _channels(row.notify)) for row in rows]
-    if query.station_channels_of:
-        rows = await session.execute(
-            select(stations.c.id, stations.c.notify).where(stations.c.id == query.station_channels_of)
-        )
-        found += [Recipient(f"station-{row.id}", "station", _channels(row.notify)) for row in rows if row.notify]
-    return found
+        rows += [_row(job, item.origin) for job in jobs]
+    if not rows:
+        return 0
+    insert = pg_insert(tables.jobs).values(rows)
+    revive = {"status": "pending", "channel_index": 0, "attempt": 0, "lease_until": None, "finished_at": None}
+    statement = insert.on_conflict_do_update(
+        index_elements=[tables.jobs.c.event_id, tables.jobs.c.recipient],
+        set_={**revive, "channels": insert.excluded.channels, "due_at": insert.excluded.due_at},
+        where=tables.jobs.c.status == "failed",
+    ).returning(tables.jobs.c.id)
+    return len((await session.execute(statement)).all())
 
 
-async def deliver_event(
-    event: CaseEvent,
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    channels: Mapping[str, Channel],
-    retry: RetryPolicy,
-) -> tuple[list[Outcome], list[Recipient]]:
-    """Push an event to everyone it concerns, in parallel; return the outcomes not recorded before,
-    and the recipients who have no channel at all."""
-    data = event.data.model_dump(mode="json")
-    query = recipients_needed(event.type, data)
-    if query.is_empty:
-        return [], []
-    async with sessions() as session:
-        recipients = await find_recipients(session, query)
-        recorded = set(
-            (
-                await session.execute(
-                    select(tables.deliveries.c.delivery_id).where(tables.deliveries.c.event_id == str(event.id))
-                )
-            ).scalars()
-        )
-    pushes = [p for p in plan_pushes(event.type, data, str(event.id), recipients) if str(p.delivery_id) not in recorded]
-    # Concurrent, so one slow endpoint does not hold up the other recipients of the same event.
-    results = await asyncio.gather(
-        *(deliver_with_retries(channel_for(channels, p.channel.channel), p, retry) for p in pushes)
-    )
-    unreachable = [r for r in recipients if r.kind == "user" and not r.channels]
-    return [(push, result, attempts) for push, (result, attempts) in zip(pushes, results, strict=True)], unreachable
+_WAITING = (ESCALATED, QUEUED)
 
 
-async def record_deliveries(
-    session: AsyncSession, event: CaseEvent, outcomes: list[Outcome], unreachable: list[Recipient]
-) -> None:
-    """Log each delivery once and emit notified / notification_failed for it."""
-    data = event.data
-    common = {
-        "case_id": data.case_id,
-        "category": str(data.category),
-        "risk_level": str(data.risk_level),
-        "resident_ref": data.resident_ref,
+def _data(event: CaseEvent) -> dict[str, Any]:
+    return event.data.model_dump(mode="json")
+
+
+def _row(job: Job, origin: str) -> dict[str, Any]:
+    return {
+        "id": str(job.id),
+        "event_id": job.event_id,
+        "event_type": job.event_type,
+        "case_id": job.case_id,
+        "purpose": job.purpose,
+        "category": job.category,
+        "risk_level": job.risk_level,
+        "resident_ref": job.resident_ref,
+        "recipient": job.recipient,
+        "channels": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in job.channels],
+        "message": job.facts,
+        "batchable": job.batchable,
+        "due_at": job.due_at,
+        "origin": origin,
     }
-    for push, result, attempts in outcomes:
-        inserted = (
-            await session.execute(
-                pg_insert(tables.deliveries)
-                .values(
-                    delivery_id=str(push.delivery_id),
-                    event_id=str(event.id),
-                    case_id=data.case_id,
-                    purpose=push.purpose,
-                    recipient=push.recipient,
-                    channel=push.channel.channel,
-                    status="delivered" if result.ok else "failed",
-                    attempts=attempts,
-                    last_error=result.error,
+
+
+async def _first_job_times(session: AsyncSession, case_ids: list[str]) -> dict[str, datetime]:
+    """When each case's first push was planned: close to when it entered the network."""
+    if not case_ids:
+        return {}
+    jobs = tables.jobs.c
+    rows = await session.execute(
+        select(jobs.case_id, func.min(jobs.created_at)).where(jobs.case_id.in_(set(case_ids))).group_by(jobs.case_id)
+    )
+    return {case_id: first for case_id, first in rows}
+
+
+class _Directory:
+    """The users and station channels a batch of events needs, looked up in three queries."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, Recipient] = {}
+        self.supervisors: dict[str, list[Recipient]] = {}
+        self.stations: dict[str, Recipient] = {}
+
+    @classmethod
+    async def load(cls, session: AsyncSession, queries: Iterable[RecipientQuery]) -> _Directory:
+        queries = list(queries)
+        found = cls()
+        user_ids = {u for q in queries for u in q.user_ids}
+        supervised = {s for q in queries for s in q.supervisors_of}
+        station_ids = {q.station_channels_of for q in queries if q.station_channels_of}
+        if user_ids:
+            rows = await session.execute(select(users.c.id, users.c.notify).where(users.c.id.in_(user_ids)))
+            found.users = {r.id: Recipient(r.id, "user", list(channel_configs(r.notify))) for r in rows}
+        if supervised:
+            rows = await session.execute(
+                select(users.c.id, users.c.station_id, users.c.notify)
+                .where(users.c.station_id.in_(supervised), users.c.role == "supervisor")
+                .order_by(users.c.id)
+            )
+            for r in rows:
+                found.supervisors.setdefault(r.station_id, []).append(
+                    Recipient(r.id, "user", list(channel_configs(r.notify)))
                 )
-                .on_conflict_do_nothing()
-                .returning(tables.deliveries.c.delivery_id)
-            )
-        ).first()
-        if inserted is None:
+        if station_ids:
+            rows = await session.execute(select(stations.c.id, stations.c.notify).where(stations.c.id.in_(station_ids)))
+            # A station without shared channels is simply not a recipient (unlike a user without any).
+            found.stations = {
+                r.id: Recipient(f"station-{r.id}", "station", list(channel_configs(r.notify))) for r in rows if r.notify
+            }
+        return found
+
+    def recipients(self, query: RecipientQuery) -> list[Recipient]:
+        """The recipients of one event, users first, in a stable order."""
+        chosen = [self.users[u] for u in query.user_ids if u in self.users]
+        for station in query.supervisors_of:
+            chosen += self.supervisors.get(station, [])
+        if query.station_channels_of and query.station_channels_of in self.stations:
+            chosen.append(self.stations[query.station_channels_of])
+        return chosen
+
+
+async def claim_due(session: AsyncSession, *, now: datetime, lease_until: datetime, limit: int) -> list[Job]:
+    """Take up to `limit` due jobs no live dispatcher holds, leasing them until `lease_until`.
+
+    SKIP LOCKED lets replicas claim side by side without waiting on each other; the lease (not
+    the row lock, released at commit) is what keeps a claimed job from being sent twice, and its
+    expiry is what hands a crashed dispatcher's jobs to another.
+    """
+    jobs = tables.jobs.c
+    due = (
+        select(jobs.id)
+        .where(jobs.status == "pending", jobs.due_at <= now, (jobs.lease_until.is_(None)) | (jobs.lease_until <= now))
+        .order_by(jobs.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = await session.execute(
+        update(tables.jobs)
+        .where(jobs.id.in_(due.scalar_subquery()))
+        .values(lease_until=lease_until)
+        .returning(tables.jobs)
+    )
+    return [_job(row._mapping) for row in claimed]
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=uuid.UUID(str(row["id"])),
+        event_id=str(row["event_id"]),
+        event_type=row["event_type"],
+        case_id=row["case_id"],
+        purpose=row["purpose"],
+        category=row["category"],
+        risk_level=row["risk_level"],
+        resident_ref=row["resident_ref"],
+        recipient=row["recipient"],
+        channels=channel_configs(row["channels"]),
+        facts=dict(row["message"]),
+        due_at=row["due_at"],
+        batchable=row["batchable"],
+        channel_index=row["channel_index"],
+        attempt=row["attempt"],
+        attempts=row["attempts"],
+    )
+
+
+async def origins_of(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Where each job's event was read, for dead letters."""
+    rows = await session.execute(
+        select(tables.jobs.c.id, tables.jobs.c.origin).where(tables.jobs.c.id.in_([str(j) for j in job_ids]))
+    )
+    return {uuid.UUID(str(job_id)): origin for job_id, origin in rows if origin}
+
+
+async def record_sends(
+    session: AsyncSession, sent: list[Sent], dead_letters: dict[uuid.UUID, tuple[str, bytes | None, bytes]]
+) -> None:
+    """Apply each send's step to its job; log finished channels; emit the delivery events.
+
+    `dead_letters` holds, per given-up job, its origin and the original message (key, value):
+    those go to `<topic>.dlq` in this same transaction, so a push given up is never silent.
+    """
+    await _apply_steps(session, sent)
+    await _log_deliveries(session, [item for item in sent if item.step.next != "retry"])
+    for item in sent:
+        job, step = item.job, item.step
+        if step.next in ("retry", "fallback"):
             continue
-        fields = {"channel": push.channel.channel, "recipient": push.recipient, "attempts": attempts}
-        if result.ok:
-            await emit_case_event(
-                session, "notified", source=SOURCE, data={**common, **fields, "purpose": push.purpose}
-            )
-        else:
-            log.warning("notifier.delivery_failed", channel=push.channel.channel, attempts=attempts, error=result.error)
-            await emit_case_event(
+        common = {
+            "case_id": job.case_id,
+            "category": job.category,
+            "risk_level": job.risk_level,
+            "resident_ref": job.resident_ref,
+            "channel": item.channel,
+            "recipient": job.recipient,
+            "attempts": job.attempts,
+            "purpose": job.purpose,
+        }
+        if step.next == "delivered":
+            await emit_case_event(session, "notified", source=SOURCE, data=common)
+            continue
+        failure = {**common, "error": item.result.error}
+        await emit_case_event(session, "notification_failed", source=SOURCE, data=failure)
+        if job.id in dead_letters:
+            origin, key, value = dead_letters[job.id]
+            error = f"push to {job.recipient} given up after {job.attempts} attempts: {item.result.error}"
+            await enqueue(
                 session,
-                "notification_failed",
-                source=SOURCE,
-                data={**common, **fields, "purpose": push.purpose, "error": result.error},
+                topic=dlq(origin.rsplit("/", 2)[0]),
+                key=key,
+                payload=value,
+                headers={"x-error": error[:1000], "x-origin": origin, "x-consumer": CONSUMER},
             )
-    for recipient in unreachable:
-        purpose = purpose_of(event.type)
-        await emit_case_event(
-            session,
-            "notification_failed",
-            source=SOURCE,
-            data={
-                **common,
-                "channel": "none",
-                "recipient": recipient.id,
-                "attempts": 0,
-                "purpose": purpose,
-                "error": "no notify channel configured for this recipient",
-            },
+
+
+async def _apply_steps(session: AsyncSession, sent: list[Sent]) -> None:
+    """Move every job to its next step: one executemany per kind of step."""
+    jobs = tables.jobs.c
+    later = [
+        {"b_id": str(i.job.id), "b_attempts": i.job.attempts, "b_index": i.step.channel_index,
+         "b_attempt": i.step.attempt, "b_due": i.step.due_at}
+        for i in sent
+        if i.step.next in ("retry", "fallback")
+    ]  # fmt: skip
+    done = [
+        {"b_id": str(i.job.id), "b_attempts": i.job.attempts, "b_attempt": i.job.attempt, "b_status": i.step.next,
+         "b_done": i.step.due_at}
+        for i in sent
+        if i.step.next in ("delivered", "failed")
+    ]  # fmt: skip
+    if later:
+        await session.execute(
+            update(tables.jobs)
+            .where(jobs.id == bindparam("b_id"))
+            .values(
+                attempts=bindparam("b_attempts"),
+                channel_index=bindparam("b_index"),
+                attempt=bindparam("b_attempt"),
+                due_at=bindparam("b_due"),
+                lease_until=None,
+            ),
+            later,
         )
+    if done:
+        await session.execute(
+            update(tables.jobs)
+            .where(jobs.id == bindparam("b_id"))
+            .values(
+                attempts=bindparam("b_attempts"),
+                attempt=bindparam("b_attempt"),
+                status=bindparam("b_status"),
+                finished_at=bindparam("b_done"),
+                lease_until=None,
+            ),
+            done,
+        )
+
+
+async def _log_deliveries(session: AsyncSession, finished: list[Sent]) -> None:
+    """Log each channel that is done with (delivered, or failed before a fallback or for good)."""
+    if not finished:
+        return
+    rows = [
+        {
+            "delivery_id": str(item.job.delivery_id),
+            "event_id": item.job.event_id,
+            "case_id": item.job.case_id,
+            "purpose": item.job.purpose,
+            "recipient": item.job.recipient,
+            "channel": item.channel,
+            "status": "delivered" if item.step.next == "delivered" else "failed",
+            "attempts": item.job.attempt,
+            "last_error": item.result.error,
+            "batch_id": str(item.batch_id) if item.batch_id else None,
+        }
+        for item in finished
+    ]
+    # One row per delivery id: a job re-claimed after its lease ran out may be here twice.
+    rows = list({row["delivery_id"]: row for row in rows}.values())
+    statement = pg_insert(tables.deliveries).values(rows)
+    # A replayed job sends again: its log rows show the latest outcome.
+    update_columns = ("status", "attempts", "last_error", "batch_id")
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[tables.deliveries.c.delivery_id],
+            set_={c: statement.excluded[c] for c in update_columns},
+        )
+    )

@@ -26,7 +26,10 @@ jobs = Table(
     Column("channels", JSONB, nullable=False),
     Column("message", JSONB, nullable=False),
     Column("channel_index", Integer, nullable=False, server_default="0"),
-    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("attempt", Integer, nullable=False, server_default="0"),  # sends on the current channel
+    Column("attempts", Integer, nullable=False, server_default="0"),  # sends on all channels
+    # `topic/partition/offset` of the event: what goes to `<topic>.dlq` when the push is given up.
+    Column("origin", Text, nullable=True),
     Column("batchable", Boolean, nullable=False, server_default=false()),
     Column("status", Text, nullable=False, server_default="pending"),  # pending | delivered | failed
     Column("due_at", DateTime(timezone=True), nullable=False),
@@ -55,7 +58,6 @@ deliveries = Table(
     # Set when the push went out inside a digest: the digest's own delivery id.
     Column("batch_id", UUID(as_uuid=False), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # One row per (event, channel, recipient).
-    UniqueConstraint("event_id", "channel", "recipient"),
+    Index("ix_deliveries_event_id", "event_id"),
     schema="notifier",
 )

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def quiet_hours_window(spec: str) -> tuple[time, time] | tuple[None, None]:
+    """`"22:00-07:00"` as (start, end) wall-clock times; an empty spec means no quiet hours."""
+    if not spec.strip():
+        return None, None
+    try:
+        start, end = (time.fromisoformat(part.strip()) for part in spec.split("-", 1))
+    except ValueError as exc:
+        raise ValueError(f"quiet hours must look like 22:00-07:00, got {spec!r}") from exc
+    return start, end
 
 
 class Settings(BaseSettings):
@@ -66,8 +78,27 @@ class Settings(BaseSettings):
     )
 
     webhook_timeout: float = 5.0
-    notify_attempts: int = 4
-    notify_base_delay: float = 0.5
+    notify_attempts: int = Field(default=4, ge=1, description="sends per channel before the next channel is tried")
+    notify_base_delay: float = Field(default=0.5, ge=0, description="seconds before the first retry; doubles each time")
+    notify_max_delay: float = Field(default=60.0, gt=0, description="longest wait between two retries, in seconds")
+    notify_digest_minutes: int = Field(
+        default=10,
+        ge=0,
+        description="low/medium-risk escalations go to supervisors as one digest per N minutes; 0 = off",
+    )
+    notify_quiet_hours: str = Field(
+        default="", description="Beijing time window like 22:00-07:00 in which non-critical pushes wait; empty = none"
+    )
+    notify_poll_interval: float = Field(default=0.5, gt=0, description="seconds between looks for due pushes")
+    notify_max_in_flight: int = Field(default=200, ge=1, description="pushes one notifier sends at the same time")
+
+    @field_validator("notify_quiet_hours")
+    @classmethod
+    def _quiet_hours_are_a_window(cls, value: str) -> str:
+        start, end = quiet_hours_window(value)
+        if start is not None and start == end:
+            raise ValueError("quiet hours need a start and a different end, like 22:00-07:00")
+        return value
 
     # Email channel (SMTP via aiosmtplib). Unset host = email pushes fail, naming CASELINK_SMTP_HOST.
     smtp_host: str | None = Field(default=None, description="SMTP server of the email channel; unset = no email")

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import httpx
@@ -25,7 +26,17 @@ from services.notifier.channels import (
     deliver_with_retries,
     verify_signature,
 )
-from services.notifier.domain import ASSIGNED, ESCALATED, ChannelConfig, Push, Recipient, RetryPolicy, plan_pushes
+from services.notifier.domain import (
+    ASSIGNED,
+    ESCALATED,
+    ChannelConfig,
+    NoisePolicy,
+    Push,
+    Recipient,
+    RetryPolicy,
+    plan_jobs,
+    push_for,
+)
 from services.shared.settings import Settings
 from tests.support.scripted_receiver import ScriptedReceiver, SmtpServer, free_port
 
@@ -34,6 +45,8 @@ EVENT_ID = "0b8f7a43-5a43-4e2a-9d8e-1f0c2b3a4d5e"
 RESIDENT_REF = "rr-9c1f0e7a"
 GATEWAY_KEY = "gw-密钥"
 WECOM_OK = {"errcode": 0, "errmsg": "ok"}
+NOW = datetime(2024, 6, 3, 6, 0, tzinfo=UTC)
+AT_ONCE = NoisePolicy(digest_minutes=0)
 
 
 @pytest.fixture
@@ -72,8 +85,10 @@ def _assigned(config: ChannelConfig, risk: str = "high") -> Push:
         "worker_id": "w-0001",
         "accept_by": "2024-06-03T06:30:00Z",
     }
-    [push] = plan_pushes(ASSIGNED, data, EVENT_ID, [Recipient(id="w-0001", kind="user", channels=[config])])
-    return push
+    [job] = plan_jobs(
+        ASSIGNED, data, EVENT_ID, [Recipient(id="w-0001", kind="user", channels=[config])], now=NOW, noise=AT_ONCE
+    )
+    return push_for([job], NOW)
 
 
 def _escalated(config: ChannelConfig) -> Push:
@@ -89,10 +104,9 @@ def _escalated(config: ChannelConfig) -> Push:
         "sequence": 5,
         "reason": "no_capacity",
     }
-    [push] = plan_pushes(
-        ESCALATED, data, EVENT_ID, [Recipient(id="station-C-360402", kind="station", channels=[config])]
-    )
-    return push
+    recipient = Recipient(id="station-C-360402", kind="station", channels=[config])
+    [job] = plan_jobs(ESCALATED, data, EVENT_ID, [recipient], now=NOW, noise=AT_ONCE)
+    return push_for([job], NOW)
 
 
 # --- WeCom ---------------------------------------------------------------------------------------

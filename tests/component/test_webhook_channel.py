@@ -7,6 +7,7 @@ import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -21,7 +22,16 @@ from services.notifier.channels import (
     sign,
     verify_signature,
 )
-from services.notifier.domain import ASSIGNED, ChannelConfig, Push, Recipient, RetryPolicy, plan_pushes
+from services.notifier.domain import (
+    ASSIGNED,
+    ChannelConfig,
+    NoisePolicy,
+    Push,
+    Recipient,
+    RetryPolicy,
+    plan_jobs,
+    push_for,
+)
 from tests.support.webhook_receiver import Receiver
 
 SECRET = "s3cret-长密钥"
@@ -68,8 +78,9 @@ def _push(url: str, secret: str | None = SECRET) -> Push:
         "accept_by": "2024-06-03T06:30:00Z",
     }
     recipient = Recipient(id="w-0001", kind="user", channels=[config])
-    [push] = plan_pushes(ASSIGNED, data, "0b8f7a43-5a43-4e2a-9d8e-1f0c2b3a4d5e", [recipient])
-    return push
+    now, at_once = datetime(2024, 6, 3, 6, 0, tzinfo=UTC), NoisePolicy(digest_minutes=0)
+    [job] = plan_jobs(ASSIGNED, data, "0b8f7a43-5a43-4e2a-9d8e-1f0c2b3a4d5e", [recipient], now=now, noise=at_once)
+    return push_for([job], now)
 
 
 async def test_webhook_posts_the_exact_canonical_body_with_delivery_headers(

@@ -221,10 +221,18 @@ class RouterHarness:
 
     async def start_router(self, name: str = "router-1") -> None:
         """Start one router replica and wait until it consumes (its ready file exists)."""
+        await self.start_consumer(name, "router")
+
+    async def start_notifier(self, name: str = "notifier-1", **env: str) -> None:
+        """Start one notifier replica (extra CASELINK_* settings in `env`) and wait until it consumes."""
+        await self.start_consumer(name, "notifier", **env)
+
+    async def start_consumer(self, name: str, command: str, **env: str) -> None:
+        """Start a consumer-only service (`router`, `notifier`) and wait until its ready file exists."""
         started = time.monotonic()
         ready_file = self.work_dir / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
-        service = await self._spawn(name, ["router", "--ready-file", str(ready_file)], self._service_env())
+        service = await self._spawn(name, [command, "--ready-file", str(ready_file)], self._service_env(**env))
 
         async def touched() -> bool:
             return ready_file.exists()
@@ -239,11 +247,11 @@ class RouterHarness:
             await self.start_router(name)
 
     async def kill_router(self, name: str) -> None:
-        """SIGKILL a router replica: no shutdown, in-flight transactions roll back."""
+        """SIGKILL a service (a router replica, say): no shutdown, in-flight transactions roll back."""
         await self._stop(name, signal.SIGKILL, grace=10.0, must_exit_cleanly=False)
 
     async def stop_router(self, name: str) -> None:
-        """SIGTERM a router replica and wait until it has shut down gracefully."""
+        """SIGTERM a service (a router replica, say) and wait until it has shut down gracefully."""
         await self._stop(name, signal.SIGTERM, grace=STOP_TIMEOUT, must_exit_cleanly=True)
 
     async def _stop(self, name: str, how: int, *, grace: float, must_exit_cleanly: bool) -> None:

@@ -23,6 +23,8 @@ class ScriptedReceiver:
     def __init__(self, default: Any = None) -> None:
         self.requests: list[ReceivedRequest] = []
         self.default: Any = default
+        self.delay = 0.0  # seconds to wait before every answer: a slow receiver
+        self._arrived = asyncio.Event()
         self._script: deque[tuple[int, Any]] = deque()
         self._server: asyncio.Server | None = None
         self.url = ""
@@ -44,6 +46,13 @@ class ScriptedReceiver:
         self._server.close()
         await self._server.wait_closed()
 
+    async def wait_for_requests(self, count: int, within: float = 10.0) -> None:
+        """Wait until `count` requests have arrived (no more than `within` seconds)."""
+        async with asyncio.timeout(within):
+            while len(self.requests) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
     def json(self, index: int = -1) -> Any:
         """The JSON body of a recorded request."""
         return json.loads(self.requests[index].body)
@@ -59,7 +68,9 @@ class ScriptedReceiver:
                 headers[key.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.requests.append(ReceivedRequest(method, path, headers, body))
+            self._arrived.set()
             status, answer = self._script.popleft() if self._script else (200, self.default)
+            await asyncio.sleep(self.delay)
             content = b"" if answer is None else json.dumps(answer).encode()
             writer.write(
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"

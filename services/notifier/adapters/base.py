@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 
-from services.notifier.domain import BEIJING, RISK_ZH, Push
+from services.notifier.domain import Push
+from services.notifier.messages import BEIJING, RISK_ZH
 
 USER_AGENT = "caselink-notifier/1"
 SIGNATURE_SCHEME = "sha256="

@@ -35,6 +35,8 @@ def upgrade() -> None:
         sa.Column("message", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("channel_index", sa.Integer(), server_default="0", nullable=False),
         sa.Column("attempt", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("origin", sa.Text(), nullable=True),
         sa.Column("batchable", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("status", sa.Text(), server_default="pending", nullable=False),
         sa.Column("due_at", _TIMESTAMP, nullable=False),
@@ -54,9 +56,20 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.add_column("deliveries", sa.Column("batch_id", postgresql.UUID(as_uuid=False), nullable=True), schema="notifier")
+    # The delivery id already names (event, channel, recipient), and tells apart two channels of
+    # one kind (a second webhook), which this constraint could not.
+    op.drop_constraint(op.f("uq_deliveries_event_id_channel_recipient"), "deliveries", schema="notifier")
+    op.create_index("ix_deliveries_event_id", "deliveries", ["event_id"], unique=False, schema="notifier")
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_event_id", table_name="deliveries", schema="notifier")
+    op.create_unique_constraint(
+        op.f("uq_deliveries_event_id_channel_recipient"),
+        "deliveries",
+        ["event_id", "channel", "recipient"],
+        schema="notifier",
+    )
     op.drop_column("deliveries", "batch_id", schema="notifier")
     op.drop_index("ix_jobs_pending_due", table_name="jobs", schema="notifier")
     op.drop_table("jobs", schema="notifier")

@@ -1,0 +1,391 @@
+"""The notifier's jobs and dispatcher on a real PostgreSQL, pushing to real local HTTP receivers,
+with a clock the test moves: retries, fallback, dead letters, dedupe, digests, quiet hours, and a
+slow receiver that must not hold up anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from schemas.events import CaseEvent, new_event
+from services.notifier.channels import build_channels
+from services.notifier.dispatcher import Dispatcher
+from services.notifier.domain import NoisePolicy, RetryPolicy
+from services.notifier.handlers import Incoming, store_jobs
+from services.shared.db import transaction
+from services.shared.embedded import start_postgres
+from services.shared.migrate import upgrade_async
+from services.shared.settings import quiet_hours_window
+from tests.support.scripted_receiver import ScriptedReceiver
+
+pytestmark = pytest.mark.integration
+
+FAST = RetryPolicy(attempts=3, base_delay=2.0, max_delay=60.0, jitter=0.0)
+START = datetime(2026, 11, 23, 1, 3, tzinfo=UTC)  # 09:03 in Beijing
+ORIGIN_KEY, ORIGIN_VALUE = b"case-key", b'{"the": "original event"}'
+
+
+class Clock:
+    """Time as the test says it is."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, url = start_postgres(tmp_path_factory.mktemp("notifier"))
+    try:
+        asyncio.run(upgrade_async(url))
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_async_engine(database_url)
+    yield async_sessionmaker(engine, expire_on_commit=False)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    await conn.execute(
+        "TRUNCATE notifier.jobs, notifier.deliveries, shared.outbox, shared.case_heads, shared.users, "
+        "shared.stations CASCADE"
+    )
+    await conn.execute("INSERT INTO shared.stations (id, name, tier) VALUES ('T-1', 'T', 'township')")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[dict[str, ScriptedReceiver]]:
+    made = {name: ScriptedReceiver(default={"ok": True}) for name in ("fast", "slow", "backup", "sup")}
+    for receiver in made.values():
+        await receiver.start()
+    yield made
+    for receiver in made.values():
+        await receiver.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client
+
+
+async def add_user(db: asyncpg.Connection, user_id: str, role: str, *urls: str) -> None:
+    notify = json.dumps([{"channel": "webhook", "url": url} for url in urls])
+    await db.execute(
+        "INSERT INTO shared.users (id, name, role, station_id, notify) VALUES ($1, $1, $2, 'T-1', $3::jsonb)",
+        user_id,
+        role,
+        notify,
+    )
+
+
+def case_data(case_id: str, risk: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "tier": "township",
+        "station_id": "T-1",
+        "category": "elderly_care",
+        "risk_level": risk,
+        "resident_ref": "rr-1",
+        "sequence": 3,
+        **extra,
+    }
+
+
+def assigned(case_id: str, worker: str, risk: str = "medium") -> CaseEvent:
+    data = case_data(case_id, risk, status="offered", worker_id=worker, accept_by="2026-11-23T02:00:00Z")
+    return new_event("assigned", source="caselink/router", data={**data, "candidates_considered": 1, "score": 1.0})
+
+
+def escalated(case_id: str, risk: str) -> CaseEvent:
+    data = case_data(
+        case_id, risk, status="escalated", from_tier="village", from_station_id="V-1", reason="no_capacity"
+    )
+    return new_event("escalated", source="caselink/router", data=data)
+
+
+async def store(
+    sessions: async_sessionmaker[AsyncSession],
+    db: asyncpg.Connection,
+    clock: Clock,
+    *events: CaseEvent,
+    noise: NoisePolicy | None = None,
+) -> int:
+    for event in events:
+        await db.execute(
+            "INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
+            "VALUES ($1, 3, 'offered', 'township', 'T-1') ON CONFLICT DO NOTHING",
+            event.subject,
+        )
+    batch = [Incoming(event, f"caselink.case.events/0/{n}") for n, event in enumerate(events)]
+    async with transaction(sessions) as session:
+        return await store_jobs(session, batch, now=clock(), noise=noise or NoisePolicy(digest_minutes=0))
+
+
+def dispatcher(
+    sessions: async_sessionmaker[AsyncSession], http: httpx.AsyncClient, clock: Clock, **options: Any
+) -> Dispatcher:
+    async def read_origin(origin: str) -> tuple[bytes | None, bytes]:
+        return ORIGIN_KEY, ORIGIN_VALUE
+
+    channels = build_channels(http, timeout=options.pop("timeout", 5.0))
+    return Dispatcher(sessions, channels, options.pop("retry", FAST), read_origin=read_origin, clock=clock, **options)
+
+
+async def outbox(db: asyncpg.Connection, ce_type: str | None = None, topic: str = "caselink.case.events") -> list[Any]:
+    rows = await db.fetch("SELECT topic, key, payload, headers FROM shared.outbox WHERE topic = $1 ORDER BY id", topic)
+    found = [(json.loads(r["payload"]) if topic == "caselink.case.events" else r["payload"], r) for r in rows]
+    if ce_type is None:
+        return found
+    return [payload for payload, _ in found if payload["type"] == f"caselink.case.{ce_type}.v1"]
+
+
+async def test_a_task_is_pushed_once_even_when_its_event_is_delivered_again(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    event = assigned("c-1", "w-1")
+    assert await store(sessions, db, clock, event) == 1
+    assert await store(sessions, db, clock, event) == 0  # the redelivery adds no job
+    sender = dispatcher(sessions, http, clock)
+
+    assert await sender.run_once() == 1
+    assert await sender.run_once() == 0
+    assert len(receivers["fast"].requests) == 1
+    [notified] = await outbox(db, "notified")
+    assert (
+        notified["data"] | {"channel": "webhook", "recipient": "w-1", "attempts": 1, "purpose": "task"}
+        == (notified["data"])
+    )
+    [log] = await db.fetch("SELECT status, attempts, batch_id FROM notifier.deliveries")
+    assert (log["status"], log["attempts"], log["batch_id"]) == ("delivered", 1, None)
+
+
+async def test_a_failing_receiver_is_retried_with_backoff_then_delivered(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    receivers["fast"].fail(2, 503)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    await store(sessions, db, clock, assigned("c-1", "w-1"))
+    sender = dispatcher(sessions, http, clock)
+
+    assert await sender.run_once() == 1  # 503
+    clock.advance(seconds=1.9)
+    assert await sender.run_once() == 0  # the first backoff (2 s) has not passed
+    clock.advance(seconds=0.1)
+    assert await sender.run_once() == 1  # 503 again; next wait 4 s
+    clock.advance(seconds=4)
+    assert await sender.run_once() == 1  # delivered
+
+    delivery_ids = {r.headers["x-caselink-delivery"] for r in receivers["fast"].requests}
+    assert len(receivers["fast"].requests) == 3 and len(delivery_ids) == 1
+    [notified] = await outbox(db, "notified")
+    assert notified["data"]["attempts"] == 3
+    assert await outbox(db, "notification_failed") == []
+
+
+async def test_a_push_given_up_is_reported_and_dead_lettered_with_its_origin(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    receivers["fast"].fail(10, 503)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    await store(sessions, db, clock, assigned("c-1", "w-1"))
+    sender = dispatcher(sessions, http, clock)
+
+    for _ in range(3):
+        assert await sender.run_once() == 1
+        clock.advance(seconds=60)
+    assert await sender.run_once() == 0
+
+    [failure] = await outbox(db, "notification_failed")
+    assert failure["data"]["attempts"] == 3 and "503" in failure["data"]["error"]
+    [(payload, row)] = await outbox(db, topic="caselink.case.events.dlq")
+    assert (bytes(row["key"]), bytes(payload)) == (ORIGIN_KEY, ORIGIN_VALUE)
+    headers = json.loads(row["headers"]) if isinstance(row["headers"], str) else row["headers"]
+    assert headers["x-origin"] == "caselink.case.events/0/0" and "503" in headers["x-error"]
+
+
+async def test_a_dead_lettered_push_replayed_after_the_fix_goes_out(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    await add_user(db, "w-1", "worker", "http://127.0.0.1:9/nobody-listens")
+    event = assigned("c-1", "w-1")
+    await store(sessions, db, clock, event)
+    sender = dispatcher(sessions, http, clock, retry=RetryPolicy(attempts=1))
+    await sender.run_once()
+    assert len(await outbox(db, "notification_failed")) == 1
+
+    # The network file is corrected, and the dead letter replayed onto the topic.
+    await db.execute(
+        "UPDATE shared.users SET notify = $1::jsonb", json.dumps([{"channel": "webhook", "url": receivers["fast"].url}])
+    )
+    assert await store(sessions, db, clock, event) == 1
+    assert await sender.run_once() == 1
+    assert len(receivers["fast"].requests) == 1 and len(await outbox(db, "notified")) == 1
+
+
+@pytest.mark.parametrize(("risk", "sends_before_fallback"), [("critical", 1), ("medium", 3)])
+async def test_the_next_channel_is_tried_when_one_fails_at_once_for_critical_cases(
+    sessions: async_sessionmaker[AsyncSession],
+    db: asyncpg.Connection,
+    receivers: Any,
+    http: httpx.AsyncClient,
+    risk: str,
+    sends_before_fallback: int,
+) -> None:
+    clock = Clock(START)
+    receivers["fast"].fail(10, 503)
+    await add_user(db, "w-1", "worker", receivers["fast"].url, receivers["backup"].url)
+    await store(sessions, db, clock, assigned("c-1", "w-1", risk))
+    sender = dispatcher(sessions, http, clock)
+
+    for _ in range(10):
+        await sender.run_once()
+        if receivers["backup"].requests:
+            break
+        clock.advance(seconds=60)
+
+    assert len(receivers["fast"].requests) == sends_before_fallback
+    assert len(receivers["backup"].requests) == 1
+    [notified] = await outbox(db, "notified")
+    assert (notified["data"]["attempts"], notified["data"]["channel"]) == (sends_before_fallback + 1, "webhook")
+    logged = await db.fetch("SELECT status FROM notifier.deliveries ORDER BY created_at, status")
+    assert sorted(r["status"] for r in logged) == ["delivered", "failed"]
+
+
+async def test_a_recipient_without_channels_is_reported_as_failed(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    await add_user(db, "w-1", "worker")
+    await store(sessions, db, clock, assigned("c-1", "w-1"))
+    assert await dispatcher(sessions, http, clock).run_once() == 1
+    [failure] = await outbox(db, "notification_failed")
+    assert (failure["data"]["channel"], failure["data"]["attempts"]) == ("none", 0)
+    assert "no notify channel" in failure["data"]["error"]
+
+
+async def test_low_and_medium_escalations_reach_a_supervisor_as_one_digest_per_window(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)  # 09:03 Beijing: the window closes at 09:10
+    noise = NoisePolicy(digest_minutes=10)
+    await add_user(db, "s-1", "supervisor", receivers["sup"].url)
+    await store(sessions, db, clock, escalated("c-1", "low"), escalated("c-2", "medium"), noise=noise)
+    clock.advance(minutes=2)
+    await store(sessions, db, clock, escalated("c-3", "medium"), noise=noise)
+    await store(sessions, db, clock, escalated("c-9", "critical"), noise=noise)
+    sender = dispatcher(sessions, http, clock)
+
+    assert await sender.run_once() == 1  # the critical one, at once
+    assert "c-9" in receivers["sup"].json(0)["case_id"]
+    clock.advance(minutes=4, seconds=59)  # 09:09:59
+    assert await sender.run_once() == 0
+    clock.advance(seconds=1)  # 09:10
+    assert await sender.run_once() == 3
+
+    assert len(receivers["sup"].requests) == 2
+    digest = receivers["sup"].json(1)
+    assert digest["count"] == 3 and {i["case_id"] for i in digest["items"]} == {"c-1", "c-2", "c-3"}
+    assert digest["text"].startswith("汇总提醒：共 3 条") and "已等待" in digest["text"]
+    notified = await outbox(db, "notified")
+    assert sorted(n["data"]["case_id"] for n in notified) == ["c-1", "c-2", "c-3", "c-9"]
+    batches = await db.fetch("SELECT DISTINCT batch_id FROM notifier.deliveries WHERE batch_id IS NOT NULL")
+    assert [str(b["batch_id"]) for b in batches] == [digest["delivery_id"]]
+
+
+async def test_quiet_hours_hold_non_critical_pushes_until_morning_but_never_critical_ones(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(datetime(2026, 11, 22, 15, 30, tzinfo=UTC))  # 23:30 Beijing
+    noise = NoisePolicy(0, *quiet_hours_window("22:00-07:00"))
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    await store(sessions, db, clock, assigned("c-1", "w-1", "medium"), assigned("c-2", "w-1", "high"), noise=noise)
+    await store(sessions, db, clock, assigned("c-3", "w-1", "critical"), noise=noise)
+    sender = dispatcher(sessions, http, clock)
+
+    assert await sender.run_once() == 1
+    assert receivers["fast"].json(0)["case_id"] == "c-3"
+    clock.now = datetime(2026, 11, 22, 22, 59, 59, tzinfo=UTC)  # 06:59:59 Beijing
+    assert await sender.run_once() == 0
+    clock.advance(seconds=1)
+    assert await sender.run_once() == 2
+    morning = receivers["fast"].json(1)
+    assert morning["count"] == 2 and morning["risk_level"] == "high"
+
+
+async def test_a_slow_receiver_does_not_delay_pushes_to_anyone_else(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    receivers["slow"].delay = 3.0
+    await add_user(db, "w-slow", "worker", receivers["slow"].url)
+    await add_user(db, "w-fast", "worker", receivers["fast"].url)
+    clock = Clock(datetime.now(UTC))
+    sender = dispatcher(sessions, http, lambda: datetime.now(UTC), poll_interval=0.05)
+    await sender.start()
+    try:
+        began = time.monotonic()
+        await store(sessions, db, clock, *(assigned(f"c-s{n}", "w-slow") for n in range(5)))
+        sender.wake()
+        await asyncio.sleep(0.3)  # the slow pushes are in flight now
+        clock.now = datetime.now(UTC)
+        await store(sessions, db, clock, *(assigned(f"c-f{n}", "w-fast") for n in range(20)))
+        sender.wake()
+        fast_stored = time.monotonic()
+        await receivers["fast"].wait_for_requests(20)
+        fast_done = max(r.at for r in receivers["fast"].requests) - fast_stored
+        for _ in range(300):
+            if len(await outbox(db, "notified")) == 25:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sender.stop()
+    slow_done = min(r.at for r in receivers["slow"].requests) - began
+    print(f"20 pushes to a fast receiver took {fast_done * 1000:.0f} ms while 5 to a 3 s receiver were in flight")
+    assert len(receivers["fast"].requests) == 20 and len(receivers["slow"].requests) == 5
+    assert fast_done < 1.0, fast_done
+    assert slow_done < 1.0  # the slow receiver got its requests at once too; only its answers were slow
+    assert len(await outbox(db, "notified")) == 25
+
+
+async def test_stopping_lets_sends_in_flight_finish_and_records_them(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    receivers["slow"].delay = 1.0
+    await add_user(db, "w-slow", "worker", receivers["slow"].url)
+    sender = dispatcher(sessions, http, lambda: datetime.now(UTC), poll_interval=0.05)
+    await sender.start()
+    await store(sessions, db, Clock(datetime.now(UTC)), assigned("c-1", "w-slow"))
+    sender.wake()
+    await receivers["slow"].wait_for_requests(1)
+    await sender.stop()
+    [job] = await db.fetch("SELECT status, lease_until FROM notifier.jobs")
+    assert (job["status"], job["lease_until"]) == ("delivered", None)
+    assert len(await outbox(db, "notified")) == 1
