@@ -6,9 +6,7 @@ email and SMS in `services/notifier/adapters/`.
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 import httpx
@@ -29,7 +27,7 @@ from services.notifier.adapters.base import (
 from services.notifier.adapters.mail import EmailChannel
 from services.notifier.adapters.robots import DingtalkChannel, WecomChannel
 from services.notifier.adapters.sms import SmsChannel
-from services.notifier.domain import Push, RetryPolicy
+from services.notifier.domain import Push
 from services.shared.settings import Settings
 
 __all__ = [
@@ -48,7 +46,6 @@ __all__ = [
     "build_channels",
     "channel_for",
     "classify_status",
-    "deliver_with_retries",
     "encode_body",
     "sign",
     "verify_signature",
@@ -139,23 +136,3 @@ def build_channels(
 def channel_for(channels: Mapping[str, Channel], name: str) -> Channel:
     """The adapter for a channel name, or an `UnsupportedChannel` when there is none."""
     return channels.get(name) or UnsupportedChannel(name)
-
-
-async def deliver_with_retries(
-    channel: Channel,
-    push: Push,
-    policy: RetryPolicy,
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    rng: random.Random | None = None,
-) -> tuple[DeliveryResult, int]:
-    """Send until delivered, failed for good, or out of attempts; return (result, attempts used)."""
-    rng = rng or random.Random()
-    attempt = 1
-    while True:
-        # Every attempt re-sends the same push, so the delivery id (and the signed bytes) are
-        # identical and the receiver can drop duplicates of a send that did arrive but timed out.
-        result = await channel.send(push)
-        if result.ok or not result.retryable or attempt >= policy.attempts:
-            return result, attempt
-        await sleep(policy.delay(attempt, rng))
-        attempt += 1

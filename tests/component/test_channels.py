@@ -23,7 +23,6 @@ from services.notifier.channels import (
     WebhookChannel,
     WecomChannel,
     build_channels,
-    deliver_with_retries,
     verify_signature,
 )
 from services.notifier.domain import (
@@ -38,6 +37,7 @@ from services.notifier.domain import (
     push_for,
 )
 from services.shared.settings import Settings
+from tests.support.retrying import deliver_with_retries
 from tests.support.scripted_receiver import ScriptedReceiver, SmtpServer, free_port
 
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, jitter=0.0)

@@ -17,7 +17,6 @@ from services.notifier.channels import (
     WebhookChannel,
     build_channels,
     channel_for,
-    deliver_with_retries,
     encode_body,
     sign,
     verify_signature,
@@ -32,6 +31,7 @@ from services.notifier.domain import (
     plan_jobs,
     push_for,
 )
+from tests.support.retrying import deliver_with_retries
 from tests.support.webhook_receiver import Receiver
 
 SECRET = "s3cret-长密钥"
