@@ -1,6 +1,7 @@
 """Referral submissions (HTTP body and Kafka message), their validation errors and rejections."""
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
@@ -24,6 +25,7 @@ _ID_NUMBER_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
 _ID_DIGITS = re.compile(r"[0-9]{17}")
 _PHONE_SHAPE = re.compile(r"\+?[0-9]+")
 _PHONE_SEPARATORS = re.compile(r"[ \-]")
+_NAME_PUNCTUATION = frozenset("·・‧•.-'’")
 
 
 def id_number_check_char(first17: str) -> str:
@@ -74,6 +76,21 @@ class Resident(InputModel):
     gender: Gender = Gender.UNKNOWN
     address: str | None = Field(default=None, max_length=500)
     household_id: str | None = Field(default=None, max_length=100)
+
+    @field_validator("name")
+    @classmethod
+    def _name_characters(cls, value: str) -> str:
+        # Letters and marks of any script (rare characters beyond the BMP included), spaces and the
+        # punctuation of names (阿依古丽·买买提, O'Brien-Smith); not emoji, symbols, or invisible
+        # format characters such as bidi overrides (U+202E) that make a name display as another.
+        # Controls are left to InputModel and lone surrogates to pydantic, which name them.
+        for char in value:
+            if not (unicodedata.category(char)[0] in "LM" or char in _NAME_PUNCTUATION or char == " "
+                    or unicodedata.category(char) in ("Cs", "Cc")):  # fmt: skip
+                raise PydanticCustomError(
+                    "name_characters", "resident name must contain only letters, marks, spaces and · - ' ."
+                )
+        return value
 
     @field_validator("id_number")
     @classmethod

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import select, text
 
-from schemas.referral import ReferralSubmission
+from schemas.referral import ROOT_FIELD, FieldError, ReferralSubmission
 from services.intake import tables
 from services.intake.access import CaseId, CurrentUser, sessions_of, settings_of, visible_case
-from services.intake.domain import SubmissionInvalid, may_submit_for
+from services.intake.domain import (
+    MAX_JSON_DEPTH,
+    MAX_REFERRAL_BYTES,
+    SubmissionInvalid,
+    is_json_content_type,
+    json_nesting_exceeds,
+    may_submit_for,
+)
 from services.intake.errors import ApiError, error_responses
 from services.intake.handlers import accept_submission
 from services.shared.db import transaction
@@ -28,7 +37,38 @@ class ReferralAccepted(BaseModel):
     status: str = "received"
 
 
-router = APIRouter()
+class JsonBodyRoute(APIRoute):
+    """A route whose body is checked at the edge before FastAPI parses it: JSON content type (415),
+    at most MAX_REFERRAL_BYTES (413, counted while reading when there is no Content-Length), and
+    nested at most MAX_JSON_DEPTH deep (422)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            if not is_json_content_type(request.headers.get("content-type")):
+                raise ApiError(415, "the body must be JSON, sent with Content-Type: application/json")
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_REFERRAL_BYTES:
+                raise ApiError(413, _TOO_LARGE)
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_REFERRAL_BYTES:
+                    raise ApiError(413, _TOO_LARGE)
+            if json_nesting_exceeds(bytes(body), MAX_JSON_DEPTH):
+                message = f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep"
+                raise ApiError(422, message, fields=[FieldError(field=ROOT_FIELD, message=message)])
+            request._body = bytes(body)  # FastAPI parses the body already read (Request caches it here)
+            return await handler(request)
+
+        return checked
+
+
+_TOO_LARGE = f"the body is larger than 64 KiB ({MAX_REFERRAL_BYTES} bytes), the most a referral may be"
+router = APIRouter(route_class=JsonBodyRoute)
 
 
 @router.post(
@@ -36,7 +76,7 @@ router = APIRouter()
     status_code=202,
     response_model=ReferralAccepted,
     tags=["referrals"],
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(401, 403, 413, 415, 422),
 )
 async def submit_referral(
     request: Request,

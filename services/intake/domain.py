@@ -16,6 +16,41 @@ from pydantic import ValidationError
 from schemas.referral import ROOT_FIELD, FieldError, KafkaReferralSubmission, Resident, validation_errors
 from services.shared.directory import StationRow, User
 
+# Limits of a referral body at the HTTP edge: a real one is a few KiB and nested three deep.
+MAX_REFERRAL_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+_OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """Whether a Content-Type header names JSON (`application/json` or `application/*+json`)."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def json_nesting_exceeds(body: bytes, limit: int) -> bool:
+    """Whether arrays and objects in a JSON text nest deeper than `limit` (brackets inside strings
+    do not count). Checked before parsing: a parser recursing 30,000 levels deep fails, or worse."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in _CLOSERS:
+            depth -= 1
+    return False
+
 
 class SubmissionInvalid(ValueError):
     """A submission that cannot be accepted, with the reasons per field."""

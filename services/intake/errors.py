@@ -36,6 +36,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "the caller's role or position does not allow this",
         404: "not found, or not visible to the caller",
         409: "the case's status forbids the action",
+        413: "the body is larger than the route accepts",
+        415: "the body is not JSON (`Content-Type: application/json`)",
         422: "invalid input; `fields` names each field",
     }
     return {status: {"model": ErrorDocument, "description": described[status]} for status in statuses}

@@ -47,7 +47,10 @@ def parse_iso_duration(text: str) -> timedelta:
             raise ValueError(f"bad duration {text!r}: years and months are not allowed, use days")
         raise ValueError(f"bad duration {text!r}: expected ISO 8601 like PT30M, PT24H or P3D")
     parts = {key: float(raw.replace(",", ".")) for key, raw in match.groupdict().items() if raw}
-    return timedelta(**parts)
+    try:
+        return timedelta(**parts)
+    except OverflowError:  # beyond timedelta's 999,999,999 days: a ValueError names the field
+        raise ValueError(f"bad duration {text!r}: too long") from None
 
 
 def format_iso_duration(duration: timedelta) -> str:
