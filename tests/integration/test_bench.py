@@ -18,8 +18,9 @@ def test_a_tiny_bench_measures_every_section_and_loses_no_case(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if k not in ("CASELINK_DATABASE_URL", "CASELINK_KAFKA_BOOTSTRAP")}
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "--network-scale", "small", "--cases", "30",
-         "--rate", "20", "--rate-seconds", "1", "--http-seconds", "1", "--http-clients", "2",
-         "--stall-seconds", "30", "--data-dir", str(tmp_path / "data"), "--json", str(results_file)],
+         "--baseline-messages", "300", "--rate", "20", "--rate-seconds", "1", "--http-seconds", "1",
+         "--http-clients", "2", "--stall-seconds", "30", "--data-dir", str(tmp_path / "data"),
+         "--json", str(results_file)],
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -27,7 +28,7 @@ def test_a_tiny_bench_measures_every_section_and_loses_no_case(tmp_path: Path) -
     results = json.loads(results_file.read_text())
 
     assert results["network"]["village_stations"] == 24
-    assert results["baseline"]["messages"] == 30 and results["baseline"]["per_s"] > 0
+    assert results["baseline"]["messages"] == 300 and results["baseline"]["per_s"] > 0
     fixed = results["caselink"]["fixed_rate"]
     assert fixed["cases"] == 20 and fixed["latency_ms"]["p99_ms"] > 0
     (saturation,) = results["caselink"]["saturation"]
