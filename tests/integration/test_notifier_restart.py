@@ -14,7 +14,9 @@ import pytest
 import pytest_asyncio
 
 from schemas.referral import id_number_check_char
+from services.notifier.dispatcher import kafka_origin_reader
 from services.notifier.domain import delivery_id_for
+from services.shared.settings import Settings
 from tests.integration.router_harness import SYSTEM_USER, RouterHarness, running_harness
 from tests.support.network_builder import NetworkBuilder
 from tests.support.webhook_receiver import Receiver
@@ -146,3 +148,10 @@ async def test_stopping_and_killing_the_notifier_mid_stream_neither_loses_nor_re
         log = service.log_path.read_text(encoding="utf-8", errors="replace")
         for secret in (ID_NUMBER, PHONE, NAME):
             assert secret not in log, f"{secret} in {service.log_path}"
+
+
+async def test_a_dead_letter_carries_the_original_message_read_back_from_the_broker(bench: RouterHarness) -> None:
+    sent = await bench.producer.send_and_wait("caselink.case.events", b'{"an": "event"}', key=b"case-7", partition=3)
+    read = kafka_origin_reader(Settings(kafka_bootstrap=bench.kafka_bootstrap), bench.kafka_bootstrap)
+    assert await read(f"caselink.case.events/3/{sent.offset}") == (b"case-7", b'{"an": "event"}')
+    assert await read(f"caselink.case.events/3/{sent.offset + 1000}") is None
