@@ -1,4 +1,5 @@
-"""Who is calling and what they may see: bearer tokens, case visibility, supervisors' scope."""
+"""Who is calling and what they may see: bearer tokens, case visibility, supervisors' scope; and
+the access log of who read which case."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ async def visible_case(session: AsyncSession, user: User, case_id: str) -> Any:
         if may_see_case(user, assignee_id=case.assignee_id, room_id=case.room_id, stations_on_path=path):
             return case
     raise ApiError(404, f"no case '{case_id}' visible to this user")
+
+
+async def record_case_read(session: AsyncSession, *, user: User, case_id: str, route: str) -> None:
+    """Add a read of a case's data by `user` through `route` to the access log (intake.case_reads);
+    commits with the caller's transaction, so a read that is answered is a read that is logged."""
+    await session.execute(tables.case_reads.insert().values(user_id=user.id, case_id=case_id, route=route))
 
 
 def require_supervisor(user: User) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 
 from schemas.referral import ROOT_FIELD, FieldError, ReferralSubmission
 from services.intake import tables
-from services.intake.access import CaseId, CurrentUser, sessions_of, settings_of, visible_case
+from services.intake.access import CaseId, CurrentUser, record_case_read, sessions_of, settings_of, visible_case
 from services.intake.domain import (
     MAX_JSON_DEPTH,
     MAX_REFERRAL_BYTES,
@@ -111,8 +111,9 @@ async def submit_referral(
 @router.get("/v1/cases/{case_id}", tags=["cases"], responses=error_responses(401, 404))
 async def get_case(request: Request, case_id: CaseId, user: CurrentUser) -> dict[str, Any]:
     """The case: status, tier, station, assignee, deadlines and its timeline of events."""
-    async with sessions_of(request)() as session:
+    async with transaction(sessions_of(request)) as session:
         case = await visible_case(session, user, case_id)
+        await record_case_read(session, user=user, case_id=case_id, route="GET /v1/cases/{case_id}")
         timeline = (
             await session.execute(
                 select(tables.case_events.c.event)

@@ -83,3 +83,18 @@ command_results = Table(
     Column("decided_at", DateTime(timezone=True), nullable=False),
     schema="intake",
 )
+
+case_reads = Table(
+    "case_reads",
+    metadata,
+    # The access log: who read a case with its resident's data, through which route, and when.
+    # Append-only; an auditor asks "who looked at this resident" (by case) or "what did this user read".
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("case_id", Text, nullable=False),
+    Column("route", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index(None, "case_id", "at"),
+    Index(None, "user_id", "at"),
+    schema="intake",
+)
