@@ -284,45 +284,36 @@ async def record_sends(
 
 
 async def _apply_steps(session: AsyncSession, sent: list[Sent]) -> None:
-    """Move every job to its next step: one executemany per kind of step."""
-    jobs = tables.jobs.c
-    later = [
-        {"b_id": str(i.job.id), "b_attempts": i.job.attempts, "b_index": i.step.channel_index,
-         "b_attempt": i.step.attempt, "b_due": i.step.due_at}
-        for i in sent
-        if i.step.next in ("retry", "fallback")
-    ]  # fmt: skip
-    done = [
-        {"b_id": str(i.job.id), "b_attempts": i.job.attempts, "b_attempt": i.job.attempt, "b_status": i.step.next,
-         "b_done": i.step.due_at}
-        for i in sent
-        if i.step.next in ("delivered", "failed")
-    ]  # fmt: skip
-    if later:
+    """Move every job to its next step, in one executemany."""
+    rows = []
+    for item in sent:
+        job, step = item.job, item.step
+        finished = step.next in ("delivered", "failed")
+        rows.append(
+            {
+                "b_id": str(job.id),
+                "b_status": step.next if finished else "pending",
+                "b_index": step.channel_index,
+                "b_attempt": step.attempt,
+                "b_attempts": job.attempts,
+                "b_due": job.due_at if finished else step.due_at,
+                "b_finished": step.due_at if finished else None,
+            }
+        )
+    if rows:
         await session.execute(
             update(tables.jobs)
-            .where(jobs.id == bindparam("b_id"))
+            .where(tables.jobs.c.id == bindparam("b_id"))
             .values(
-                attempts=bindparam("b_attempts"),
+                status=bindparam("b_status"),
                 channel_index=bindparam("b_index"),
                 attempt=bindparam("b_attempt"),
-                due_at=bindparam("b_due"),
-                lease_until=None,
-            ),
-            later,
-        )
-    if done:
-        await session.execute(
-            update(tables.jobs)
-            .where(jobs.id == bindparam("b_id"))
-            .values(
                 attempts=bindparam("b_attempts"),
-                attempt=bindparam("b_attempt"),
-                status=bindparam("b_status"),
-                finished_at=bindparam("b_done"),
+                due_at=bindparam("b_due"),
+                finished_at=bindparam("b_finished"),
                 lease_until=None,
             ),
-            done,
+            rows,
         )
 
 
