@@ -16,13 +16,18 @@ from faststream.kafka.annotations import KafkaMessage
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
+from schemas.events import CaseEvent
+from schemas.referral import KafkaReferralSubmission
 from schemas.topics import CASE_COMMAND_RESULTS, CASE_EVENTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
 from services.shared.consuming import (
+    BATCH_SUBSCRIBER,
+    Delivery,
     MessageConsumer,
+    Work,
     decode_case_event,
     decode_message,
     enqueue_dead_letter,
@@ -34,6 +39,8 @@ from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+# A message of caselink.referrals.submitted, decoded, or why it could not be.
+Submission = KafkaReferralSubmission | SubmissionInvalid
 
 
 def register_consumers(runtime: Runtime) -> None:
@@ -43,23 +50,15 @@ def register_consumers(runtime: Runtime) -> None:
     projection = MessageConsumer("intake.projection", runtime.sessions, max_attempts=settings.consumer_max_attempts)
     verdicts = MessageConsumer("intake.command_results", runtime.sessions, max_attempts=settings.consumer_max_attempts)
 
-    @runtime.broker.subscriber(REFERRALS_SUBMITTED, **runtime.subscriber_options("caselink-intake"))
-    async def on_submission(msg: KafkaMessage) -> None:
-        record = cast(ConsumerRecord, msg.raw_message)
-        clear_message_context()
-        try:
-            submission = parse_kafka_submission(record.value)
-        except SubmissionInvalid as exc:
-            invalid = exc
-            bind_message_context(submission_id=invalid.submission_id)
+    async def reject(session: AsyncSession, record: ConsumerRecord, invalid: SubmissionInvalid, *, key: str) -> None:
+        await handlers.reject_submission(session, invalid, key=key)
+        await enqueue_dead_letter(session, record, consumer=submissions.name, error=f"rejected: {invalid}")
 
-            async def reject(session: AsyncSession) -> None:
-                await handlers.reject_submission(session, invalid, key=origin(record))
-                await enqueue_dead_letter(session, record, consumer=submissions.name, error=f"rejected: {invalid}")
-
-            await submissions.process(record, message_id=f"rejected:{origin(record)}", work=reject)
-            return
-        bind_message_context(submission_id=str(submission.submission_id))
+    def accept_one(delivery: Delivery[Submission]) -> Work:
+        """The per-message unit of work of one submission (a batch that failed goes through these)."""
+        record, submission = delivery.record, delivery.item
+        if isinstance(submission, SubmissionInvalid):
+            return lambda session: reject(session, record, submission, key=origin(record))
 
         async def accept(session: AsyncSession) -> None:
             try:
@@ -75,23 +74,54 @@ def register_consumers(runtime: Runtime) -> None:
                     resident_key=settings.resident_ref_key,
                 )
             except SubmissionInvalid as invalid:
-                await handlers.reject_submission(session, invalid, key=str(submission.submission_id))
-                await enqueue_dead_letter(session, record, consumer=submissions.name, error=f"rejected: {invalid}")
+                await reject(session, record, invalid, key=str(submission.submission_id))
 
-        # Claimed per message, not per submission id: a resend or a `caselink dlq replay` of a
-        # rejected submission is judged again (an accepted one is a no-op: its submission key exists).
-        await submissions.process(record, message_id=f"submission:{origin(record)}", work=accept)
+        return accept
 
-    @runtime.broker.subscriber(CASE_EVENTS, **runtime.subscriber_options("caselink-intake-projection"))
-    async def on_case_event(msg: KafkaMessage) -> None:
-        record = cast(ConsumerRecord, msg.raw_message)
+    async def accept_batch(session: AsyncSession, batch: list[Delivery[Submission]]) -> None:
+        valid = [d for d in batch if not isinstance(d.item, SubmissionInvalid)]
+        for delivery in batch:
+            if isinstance(delivery.item, SubmissionInvalid):
+                await reject(session, delivery.record, delivery.item, key=origin(delivery.record))
+        _, refused = await handlers.accept_kafka_submissions(
+            session,
+            [cast(KafkaReferralSubmission, d.item) for d in valid],
+            resident_key=settings.resident_ref_key,
+        )
+        for position, refusal in refused:
+            await reject(session, valid[position].record, refusal.invalid, key=refusal.key)
+
+    @runtime.broker.subscriber(REFERRALS_SUBMITTED, **BATCH_SUBSCRIBER, **runtime.subscriber_options("caselink-intake"))
+    async def on_submissions(msg: KafkaMessage) -> None:
         clear_message_context()
-        event = await decode_case_event(projection, record)
-        if event is None:
-            return
-        bind_message_context(case_id=event.subject, event_id=str(event.id))
-        await projection.process(
-            record, message_id=str(event.id), work=lambda session: handlers.project_case_event(session, event)
+        deliveries: list[Delivery[Submission]] = []
+        for record in cast(tuple[ConsumerRecord, ...], msg.raw_message):
+            submission: Submission
+            try:
+                submission = parse_kafka_submission(record.value)
+            except SubmissionInvalid as invalid:
+                submission = invalid
+            # Claimed per message, not per submission id: a resend or a `caselink dlq replay` of a
+            # rejected submission is judged again (an accepted one is a no-op: its submission key exists).
+            kind = "rejected" if isinstance(submission, SubmissionInvalid) else "submission"
+            deliveries.append(Delivery(record, f"{kind}:{origin(record)}", submission))
+        await submissions.process_batch(deliveries, work=accept_batch, work_one=accept_one)
+
+    @runtime.broker.subscriber(
+        CASE_EVENTS, **BATCH_SUBSCRIBER, **runtime.subscriber_options("caselink-intake-projection")
+    )
+    async def on_case_events(msg: KafkaMessage) -> None:
+        clear_message_context()
+        deliveries: list[Delivery[CaseEvent]] = []
+        for record in cast(tuple[ConsumerRecord, ...], msg.raw_message):
+            if (event := await decode_case_event(projection, record)) is not None:
+                deliveries.append(Delivery(record, str(event.id), event))
+        await projection.process_batch(
+            deliveries,
+            work=lambda session, batch: handlers.project_case_events(
+                session, [(d.item, d.record.value or b"") for d in batch]
+            ),
+            work_one=lambda d: lambda session: handlers.project_case_event(session, d.item),
         )
 
     @runtime.broker.subscriber(CASE_COMMAND_RESULTS, **runtime.subscriber_options("caselink-intake-commands"))

@@ -4,21 +4,30 @@ case read model (status, timeline) current from caselink.case.events."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
 from schemas.events import CaseEvent, EventSource, event_name
-from schemas.referral import FieldError, ReferralSubmission, RejectedSubmission
+from schemas.referral import FieldError, KafkaReferralSubmission, ReferralSubmission, RejectedSubmission
 from schemas.topics import REFERRALS_REJECTED
 from services.intake import tables
-from services.intake.domain import QueueEntry, SubmissionInvalid, next_queue_entry, resident_ref, room_problems
-from services.shared.directory import get_station
+from services.intake.domain import (
+    QueueEntry,
+    SubmissionInvalid,
+    next_queue_entry,
+    resident_ref,
+    room_problems,
+    submitter_problems,
+)
+from services.shared.directory import StationRow, User, get_station
 from services.shared.logging import bind_message_context, get_logger
-from services.shared.outbox import emit_case_event, enqueue
+from services.shared.outbox import emit_case_event, emit_case_events, enqueue
 from services.shared.time import utc_now
 
 log = get_logger(__name__)
@@ -105,7 +114,7 @@ async def accept_submission(
             "submitted_by": submitted_by,
         },
     )
-    log.info("intake.case_received", category=str(submission.category), risk=str(submission.risk_level))
+    log.debug("intake.case_received", category=str(submission.category), risk=str(submission.risk_level))
     return Accepted(case_id=case_id, created=True)
 
 
@@ -149,7 +158,14 @@ async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
     ).first()
     if current is None or current.last_sequence >= data.sequence:
         return
-    changes: dict[str, object] = {
+    changes = _projected_changes(event, dict(current._mapping))
+    await session.execute(update(tables.cases).where(cases.case_id == data.case_id).values(changes))
+
+
+def _projected_changes(event: CaseEvent, current: Mapping[str, Any]) -> dict[str, Any]:
+    """What a newer event changes in a case's read-model row and escalation queue entry."""
+    data = event.data
+    changes: dict[str, Any] = {
         "status": str(data.status),
         "tier": str(data.tier),
         "station_id": data.station_id,
@@ -169,7 +185,10 @@ async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
     elif name in {"declined", "offer_expired", "escalated", "queued", "referred_back"}:
         changes |= {"assignee_id": None, "accept_by": None}
     entry = QueueEntry(
-        current.escalation_reason, current.escalation_station_id, current.escalated_at, current.escalation_closed_at
+        current["escalation_reason"],
+        current["escalation_station_id"],
+        current["escalated_at"],
+        current["escalation_closed_at"],
     )
     after = next_queue_entry(name, fields, event.time, entry)
     if after != entry:
@@ -179,7 +198,7 @@ async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
             "escalated_at": after.since,
             "escalation_closed_at": after.closed_at,
         }
-    await session.execute(update(tables.cases).where(cases.case_id == data.case_id).values(changes))
+    return changes
 
 
 async def record_command_result(session: AsyncSession, result: CommandResult) -> None:
@@ -197,3 +216,229 @@ async def record_command_result(session: AsyncSession, result: CommandResult) ->
         )
         .on_conflict_do_nothing()
     )
+
+
+# ---- poll batches: one transaction and a handful of statements for many messages ------------
+
+_USERS = text("SELECT id, role, station_id, name FROM shared.users WHERE id = ANY(CAST(:ids AS text[]))")
+_STATIONS = text("SELECT id, name, tier, parent_id FROM shared.stations WHERE id = ANY(CAST(:ids AS text[]))")
+_CLAIM_KEYS = text(
+    "INSERT INTO intake.submission_keys (source, key, case_id) "
+    "SELECT CAST(:source AS text), k.key, k.case_id FROM unnest(CAST(:keys AS text[]), CAST(:case_ids AS text[])) "
+    "AS k(key, case_id) ORDER BY k.key ON CONFLICT DO NOTHING RETURNING key"
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A Kafka submission intake will not accept, with the key its rejection is published under."""
+
+    invalid: SubmissionInvalid
+    key: str
+
+
+async def accept_kafka_submissions(
+    session: AsyncSession, submissions: list[KafkaReferralSubmission], *, resident_key: str
+) -> tuple[list[Accepted], list[tuple[int, Refusal]]]:
+    """`accept_submission` for a batch of Kafka submissions by their `submitted_by`, in bulk: the
+    accepted cases (or the earlier case of a repeated submission id) and, by position, the refused.
+
+    The same checks in the same order as one by one: submitter, room, then the idempotency key.
+    """
+    user_ids = sorted({s.submitted_by for s in submissions})
+    room_ids = sorted({s.room_id for s in submissions})
+    submitters = {
+        row.id: User(id=row.id, role=row.role, station_id=row.station_id, name=row.name)
+        for row in await session.execute(_USERS, {"ids": user_ids})
+    }
+    rooms = {
+        row.id: StationRow(row.id, row.name, row.tier, row.parent_id)
+        for row in await session.execute(_STATIONS, {"ids": room_ids})
+    }
+    refused: list[tuple[int, Refusal]] = []
+    fresh: dict[str, tuple[KafkaReferralSubmission, str]] = {}  # submission id -> (submission, new case id)
+    for position, submission in enumerate(submissions):
+        key = str(submission.submission_id)
+        problems = submitter_problems(
+            submission.submitted_by, submission.room_id, submitters.get(submission.submitted_by)
+        )
+        problems = problems or room_problems(submission.room_id, rooms.get(submission.room_id))
+        if problems:
+            refused.append((position, Refusal(SubmissionInvalid(problems, submission_id=key), key)))
+        elif key not in fresh:
+            fresh[key] = (submission, str(uuid.uuid4()))
+    accepted: list[Accepted] = []
+    if not fresh:
+        return accepted, refused
+    keys = list(fresh)
+    claimed = set(
+        (
+            await session.execute(
+                _CLAIM_KEYS, {"source": "kafka", "keys": keys, "case_ids": [fresh[k][1] for k in keys]}
+            )
+        ).scalars()
+    )
+    if repeated := [k for k in keys if k not in claimed]:
+        keys_c = tables.submission_keys.c
+        earlier = await session.execute(
+            select(keys_c.key, keys_c.case_id).where(keys_c.source == "kafka", keys_c.key.in_(repeated))
+        )
+        accepted += [Accepted(case_id=str(row.case_id), created=False) for row in earlier]
+    rows: list[dict[str, Any]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
+    for key in keys:
+        if key not in claimed:
+            continue
+        submission, case_id = fresh[key]
+        room = rooms[submission.room_id]
+        ref = resident_ref(submission.resident, key=resident_key)
+        rows.append(_case_row(submission, case_id=case_id, room=room, submitted_by=submission.submitted_by, ref=ref))
+        events.append(("received", _received_data(submission, case_id=case_id, room=room, ref=ref)))
+        accepted.append(Accepted(case_id=case_id, created=True))
+        log.debug("intake.case_received", case_id=case_id, category=str(submission.category))
+    if rows:
+        await session.execute(_INSERT_CASES, {column: [row[column] for row in rows] for column in _CASE_COLUMNS})
+        await emit_case_events(session, events, source=SOURCE)
+    return accepted, refused
+
+
+_CASE_COLUMNS = {
+    "case_id": "text",
+    "room_id": "text",
+    "submitted_by": "text",
+    "category": "text",
+    "risk_level": "text",
+    "summary": "text",
+    "resident": "jsonb",
+    "consent": "jsonb",
+    "resident_ref": "text",
+    "occurred_at": "timestamptz",
+    "status": "text",
+    "tier": "text",
+    "station_id": "text",
+}
+# JSON columns travel as text and are cast in the database: one statement text for any batch size.
+_INSERT_CASES = text(
+    f"INSERT INTO intake.cases ({', '.join(_CASE_COLUMNS)}) SELECT "
+    + ", ".join(f"CAST(c.{name} AS {kind})" for name, kind in _CASE_COLUMNS.items())
+    + " FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {'text' if kind == 'jsonb' else kind}[])" for name, kind in _CASE_COLUMNS.items())
+    + f") AS c({', '.join(_CASE_COLUMNS)})"
+)
+
+
+def _case_row(
+    submission: KafkaReferralSubmission, *, case_id: str, room: StationRow, submitted_by: str, ref: str
+) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "room_id": room.id,
+        "submitted_by": submitted_by,
+        "category": str(submission.category),
+        "risk_level": str(submission.risk_level),
+        "summary": submission.summary,
+        "resident": submission.resident.model_dump_json(),
+        "consent": submission.consent.model_dump_json(),
+        "resident_ref": ref,
+        "occurred_at": submission.occurred_at,
+        "status": "received",
+        "tier": room.tier,
+        "station_id": room.id,
+    }
+
+
+def _received_data(submission: KafkaReferralSubmission, *, case_id: str, room: StationRow, ref: str) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "status": "received",
+        "tier": room.tier,
+        "station_id": room.id,
+        "category": str(submission.category),
+        "risk_level": str(submission.risk_level),
+        "resident_ref": ref,
+        "room_id": room.id,
+        "submitted_by": submission.submitted_by,
+    }
+
+
+_PROJECTED = (
+    "status",
+    "tier",
+    "station_id",
+    "last_sequence",
+    "updated_at",
+    "assignee_id",
+    "accept_by",
+    "weight",
+    "escalation_reason",
+    "escalation_station_id",
+    "escalated_at",
+    "escalation_closed_at",
+)
+
+
+_ADD_TO_TIMELINES = text(
+    "INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
+    "SELECT e.case_id, e.sequence, CAST(e.event_id AS uuid), e.type, e.time, CAST(e.event AS jsonb) FROM unnest("
+    "CAST(:case_ids AS text[]), CAST(:sequences AS integer[]), CAST(:event_ids AS text[]), CAST(:types AS text[]), "
+    "CAST(:times AS timestamptz[]), CAST(:events AS text[])"
+    ") WITH ORDINALITY AS e(case_id, sequence, event_id, type, time, event, n) ORDER BY e.n "
+    "ON CONFLICT DO NOTHING RETURNING case_id, sequence"
+)
+# Locked in one order, so two projections of overlapping batches (a rebalance) queue.
+_LOCK_CASES = text(
+    f"SELECT case_id, {', '.join(_PROJECTED)} FROM intake.cases "
+    "WHERE case_id = ANY(CAST(:ids AS text[])) ORDER BY case_id FOR UPDATE"
+)
+_PROJECTED_TYPES = {
+    "last_sequence": "integer",
+    "weight": "integer",
+    "updated_at": "timestamptz",
+    "accept_by": "timestamptz",
+    "escalated_at": "timestamptz",
+    "escalation_closed_at": "timestamptz",
+}
+_UPDATE_CASES = text(
+    "UPDATE intake.cases c SET "
+    + ", ".join(f"{column} = u.{column}" for column in _PROJECTED)
+    + " FROM unnest(CAST(:case_id AS text[]), "
+    + ", ".join(f"CAST(:{column} AS {_PROJECTED_TYPES.get(column, 'text')}[])" for column in _PROJECTED)
+    + f") AS u(case_id, {', '.join(_PROJECTED)}) WHERE c.case_id = u.case_id"
+)
+
+
+async def project_case_events(session: AsyncSession, events: Sequence[tuple[CaseEvent, bytes]]) -> None:
+    """`project_case_event` for a batch of (event, its JSON as published), in arrival order: one
+    insert into the timelines, the batch's cases locked in case-id order, one update for all."""
+    if not events:
+        return
+    inserted = await session.execute(
+        _ADD_TO_TIMELINES,
+        {
+            "case_ids": [event.data.case_id for event, _ in events],
+            "sequences": [event.data.sequence for event, _ in events],
+            "event_ids": [str(event.id) for event, _ in events],
+            "types": [event.type for event, _ in events],
+            "times": [event.time for event, _ in events],
+            # The published JSON itself: the same document model_dump would give back, without the work.
+            "events": [raw.decode() for _, raw in events],
+        },
+    )
+    new = {(row.case_id, row.sequence) for row in inserted}
+    if not new:
+        return
+    locked = await session.execute(_LOCK_CASES, {"ids": sorted({case_id for case_id, _ in new})})
+    current = {row.case_id: dict(row._mapping) for row in locked}
+    changed: set[str] = set()
+    for event, _ in events:
+        data = event.data
+        row = current.get(data.case_id)
+        if (data.case_id, data.sequence) not in new or row is None or row["last_sequence"] >= data.sequence:
+            continue
+        new.discard((data.case_id, data.sequence))  # the same event twice in one batch moves it once
+        row.update(_projected_changes(event, row))
+        changed.add(data.case_id)
+    if changed:
+        ids = sorted(changed)
+        columns = {column: [current[case_id][column] for case_id in ids] for column in _PROJECTED}
+        await session.execute(_UPDATE_CASES, {"case_id": ids, **columns})

@@ -5,22 +5,28 @@
   again): a referral is never dropped because PostgreSQL was restarting.
 - Any other failure is retried `max_attempts` times, then the message goes to `<topic>.dlq`
   with `x-error` / `x-origin` headers and the partition moves on.
+
+Batch consumers (`process_batch`) apply a whole poll batch in one transaction and fall back to
+the per-message path above when the batch fails, so one poison message is retried and
+dead-lettered on its own while the rest of its batch goes through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.events import EVENT_CLASSES, CaseEvent, event_type, parse_case_event
 from schemas.topics import dlq
-from services.shared.db import is_transient_db_error, transaction
-from services.shared.inbox import claim
+from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, transaction
+from services.shared.inbox import claim, claim_many
 from services.shared.logging import get_logger
 from services.shared.outbox import enqueue
 
@@ -28,11 +34,86 @@ log = get_logger(__name__)
 
 Work = Callable[[AsyncSession], Awaitable[object]]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[T]):
+    """One message of a poll batch: its record, its inbox id and what it was decoded to."""
+
+    record: Any
+    message_id: str
+    item: T
+
+
+BatchWork = Callable[[AsyncSession, list[Delivery[T]]], Awaitable[object]]
+
+
+class OneByOne(Exception):
+    """Raised by batch work that cannot apply the batch as a whole (say, capacity another replica
+    took meanwhile): the transaction rolls back and the messages are handled one by one."""
+
+
+async def _records_only(message: Any) -> None:
+    """Batch handlers decode the raw records themselves (`msg.raw_message`), so FastStream's own
+    per-record message objects and JSON decoding of every body would be wasted work."""
+    return None
+
+
+def batch_subscriber(max_records: int = 1000) -> dict[str, Any]:
+    """Options of a FastStream batch subscriber: up to `max_records` per poll (a busy consumer's
+    batches grow towards it, an idle one's stay small), and after an empty poll at most
+    `batch_timeout_ms` before the next message is seen (the latency an idle consumer adds)."""
+    return {"batch": True, "max_records": max_records, "batch_timeout_ms": 20, "decoder": _records_only}
+
+
+BATCH_SUBSCRIBER: dict[str, Any] = batch_subscriber()
+
+
+def event_type_header(record: Any) -> str | None:
+    """The `ce_type` header the outbox puts on every case event, or None when it is missing."""
+    for key, value in record.headers or ():
+        if key == "ce_type":
+            return bytes(value).decode(errors="replace")
+    return None
 
 
 def origin(record: Any) -> str:
     """`topic/partition/offset` of a consumer record."""
     return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+STATS_INTERVAL = 10.0  # seconds between a batch consumer's INFO summaries (instead of a line per message)
+
+
+@dataclass
+class BatchStats:
+    """What a batch consumer did since its last summary line."""
+
+    batches: int = 0
+    messages: int = 0
+    one_by_one: int = 0
+    busy: float = 0.0
+    since: float = field(default_factory=time.monotonic)
+
+    def add(self, consumer: str, *, messages: int, busy: float, one_by_one: bool) -> None:
+        """Count one batch; log and reset the summary once STATS_INTERVAL has passed."""
+        self.batches += 1
+        self.messages += messages
+        self.one_by_one += one_by_one
+        self.busy += busy
+        now = time.monotonic()
+        if now - self.since >= STATS_INTERVAL:
+            log.info(
+                "consumer.batches",
+                consumer=consumer,
+                batches=self.batches,
+                messages=self.messages,
+                mean_size=round(self.messages / self.batches, 1),
+                one_by_one=self.one_by_one,
+                busy_share=round(self.busy / (now - self.since), 3),
+            )
+            self.batches, self.messages, self.one_by_one, self.busy, self.since = 0, 0, 0, 0.0, now
 
 
 class MessageConsumer:
@@ -43,6 +124,7 @@ class MessageConsumer:
         self._sessions = sessions
         self._max_attempts = max_attempts
         self._attempts: dict[str, int] = {}
+        self.stats = BatchStats()
 
     async def process(self, record: Any, *, message_id: str, work: Work) -> bool:
         """Apply `work` once for `message_id`; False if it was a duplicate or dead-lettered."""
@@ -56,6 +138,82 @@ class MessageConsumer:
                 return False
             await work(session)
         return True
+
+    async def process_batch(
+        self, deliveries: Sequence[Delivery[T]], *, work: BatchWork[T], work_one: Callable[[Delivery[T]], Work]
+    ) -> None:
+        """Apply `work` to the messages of a poll batch not handled before, in one transaction with
+        their inbox claims (one statement); the caller commits the offsets only after it returns.
+
+        If the batch fails for any reason but the database being away, every message is handled
+        on its own with `work_one` under the per-message policy (`process`), in batch order, so
+        per-key order holds and a poison message is retried and dead-lettered alone.
+        """
+        if not deliveries:
+            return
+        started = time.monotonic()
+        if await self._apply_batch(deliveries, work):
+            self.stats.add(self.name, messages=len(deliveries), busy=time.monotonic() - started, one_by_one=False)
+            return
+        for delivery in deliveries:
+            await self.process(delivery.record, message_id=delivery.message_id, work=work_one(delivery))
+        self.stats.add(self.name, messages=len(deliveries), busy=time.monotonic() - started, one_by_one=True)
+
+    async def _apply_batch(self, deliveries: Sequence[Delivery[T]], work: BatchWork[T]) -> bool:
+        """The batch in one transaction; False if it must go one by one instead."""
+        try:
+            async with transaction(self._sessions) as session:
+                fresh = await claim_many(session, consumer=self.name, message_ids=[d.message_id for d in deliveries])
+                todo: list[Delivery[T]] = []
+                for delivery in deliveries:  # a message id twice in one batch is handled once
+                    if delivery.message_id in fresh:
+                        fresh.discard(delivery.message_id)
+                        todo.append(delivery)
+                if todo:
+                    await work(session, todo)
+            return True
+        except OneByOne as reason:
+            log.debug("consumer.batch_one_by_one", consumer=self.name, reason=str(reason), size=len(deliveries))
+        except Exception as exc:
+            if is_transient_db_error(exc) and not _is_conflict(exc):
+                log.warning("consumer.database_unavailable", consumer=self.name, error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                raise
+            log.warning("consumer.batch_failed", consumer=self.name, size=len(deliveries), error=repr(exc)[:500])
+        return False
+
+    async def process_concurrently(
+        self,
+        deliveries: Sequence[Delivery[T]],
+        *,
+        key: Callable[[Delivery[T]], str],
+        work_one: Callable[[Delivery[T]], Work],
+        limit: int = 8,
+    ) -> None:
+        """Handle a poll batch message by message (each in its own transaction, as `process`), the
+        messages of one key in order and up to `limit` keys at once: for work that must lock what
+        it touches in its own order (so it cannot share one transaction with other messages'), yet
+        should not wait for one database round trip after another.
+
+        Every message is tried before any error is raised, so the redelivered batch (NACK) finds
+        the others already in the inbox; the caller commits the offsets only after this returns.
+        """
+        groups: dict[str, list[Delivery[T]]] = {}
+        for delivery in deliveries:
+            groups.setdefault(key(delivery), []).append(delivery)
+        gate = asyncio.Semaphore(limit)
+        started = time.monotonic()
+
+        async def in_order(group: list[Delivery[T]]) -> None:
+            async with gate:
+                for delivery in group:
+                    await self.process(delivery.record, message_id=delivery.message_id, work=work_one(delivery))
+
+        outcomes = await asyncio.gather(*(in_order(group) for group in groups.values()), return_exceptions=True)
+        self.stats.add(self.name, messages=len(deliveries), busy=time.monotonic() - started, one_by_one=False)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def guard(self, record: Any, step: Callable[[], Awaitable[bool]]) -> bool:
         """Run a message's whole handling under the retry / dead-letter policy of this module."""
@@ -86,6 +244,11 @@ class MessageConsumer:
             if not await claim(session, consumer=self.name, message_id=f"dlq:{origin(record)}"):
                 return
             await enqueue_dead_letter(session, record, consumer=self.name, error=error)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the one-by-one path's small transactions get through."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 async def enqueue_dead_letter(session: AsyncSession, record: Any, *, consumer: str, error: str) -> None:

@@ -3,6 +3,9 @@ so a redelivered message (at-least-once delivery) changes nothing the second tim
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,3 +25,21 @@ async def claim(session: AsyncSession, *, consumer: str, message_id: str) -> boo
         .returning(inbox.c.message_id)
     )
     return (await session.execute(statement)).first() is not None
+
+
+_CLAIM_MANY = text(
+    "INSERT INTO shared.inbox (consumer, message_id) SELECT CAST(:consumer AS text), unnest(CAST(:ids AS text[])) "
+    "ON CONFLICT DO NOTHING RETURNING message_id"
+)
+
+
+async def claim_many(session: AsyncSession, *, consumer: str, message_ids: Sequence[str]) -> set[str]:
+    """`claim` for a whole poll batch in one statement; returns the ids not handled before.
+
+    Ids are claimed in sorted order, so two replicas claiming overlapping batches (a rebalance)
+    take the primary-key locks in the same order and queue instead of deadlocking.
+    """
+    if not message_ids:
+        return set()
+    rows = await session.execute(_CLAIM_MANY, {"consumer": consumer, "ids": sorted(set(message_ids))})
+    return set(rows.scalars())

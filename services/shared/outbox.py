@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -31,6 +33,7 @@ log = get_logger(__name__)
 NOTIFY_CHANNEL = "caselink_outbox"
 # Any constant shared by every relay process; the value only has to be unique within this database.
 RELAY_LOCK_KEY = 0x0CA5E11
+STATS_INTERVAL = 10.0  # seconds between the relay's INFO summaries
 
 
 async def enqueue(
@@ -94,6 +97,101 @@ async def emit_case_event(session: AsyncSession, name: str, *, source: EventSour
     return event
 
 
+# One statement text whatever the batch size, so asyncpg prepares it once per connection.
+_ENQUEUE_MANY = text(
+    "INSERT INTO shared.outbox (topic, key, payload, headers) "
+    "SELECT m.topic, m.key, m.payload, CAST(m.headers AS jsonb) FROM unnest("
+    "CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:payloads AS bytea[]), CAST(:headers AS text[])"
+    ") WITH ORDINALITY AS m(topic, key, payload, headers, position) ORDER BY m.position"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One message for `enqueue_many`."""
+
+    topic: str
+    key: str | bytes | None
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def enqueue_many(session: AsyncSession, messages: Sequence[OutboxMessage]) -> None:
+    """`enqueue` for many messages in one statement; they are published in the order given."""
+    if not messages:
+        return
+    await session.execute(
+        _ENQUEUE_MANY,
+        {
+            "topics": [m.topic for m in messages],
+            "keys": [m.key.encode() if isinstance(m.key, str) else m.key for m in messages],
+            "payloads": [m.payload for m in messages],
+            "headers": [json.dumps(m.headers) for m in messages],
+        },
+    )
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+_ADVANCE_HEADS = text(
+    "INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
+    "SELECT * FROM unnest(CAST(:case_ids AS text[]), CAST(:counts AS integer[]), CAST(:statuses AS text[]), "
+    "CAST(:tiers AS text[]), CAST(:stations AS text[])) ORDER BY 1 "
+    "ON CONFLICT (case_id) DO UPDATE SET last_sequence = shared.case_heads.last_sequence + EXCLUDED.last_sequence, "
+    "status = EXCLUDED.status, tier = EXCLUDED.tier, station_id = EXCLUDED.station_id "
+    "RETURNING case_id, last_sequence"
+)
+
+
+async def emit_case_events(
+    session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]], *, source: EventSource
+) -> list[CaseEvent]:
+    """`emit_case_event` for many events in three statements; each (name, data) must move its case
+    (STATUS_AFTER is not None), and a case's events get consecutive sequences in the order given.
+
+    The heads are upserted in case-id order, so two such batches lock shared heads in the same
+    order; the row locks keep sequences gap-free and in commit order, as for one event.
+    """
+    if not events:
+        return []
+    counts: dict[str, int] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for name, data in events:
+        if STATUS_AFTER[name] is None:
+            raise ValueError(f"{name} events keep the case where it is: emit them with emit_case_event")
+        counts[data["case_id"]] = counts.get(data["case_id"], 0) + 1
+        last[data["case_id"]] = data
+    case_ids = sorted(counts)
+    rows = await session.execute(
+        _ADVANCE_HEADS,
+        {
+            "case_ids": case_ids,
+            "counts": [counts[c] for c in case_ids],
+            "statuses": [str(last[c]["status"]) for c in case_ids],
+            "tiers": [str(last[c]["tier"]) for c in case_ids],
+            "stations": [last[c]["station_id"] for c in case_ids],
+        },
+    )
+    next_sequence = {row.case_id: row.last_sequence - counts[row.case_id] + 1 for row in rows}
+    built: list[CaseEvent] = []
+    for name, data in events:
+        sequence = next_sequence[data["case_id"]]
+        next_sequence[data["case_id"]] = sequence + 1
+        built.append(new_event(name, source=source, data={**data, "sequence": sequence}))
+    await enqueue_many(
+        session,
+        [
+            OutboxMessage(
+                CASE_EVENTS,
+                event.subject,
+                event.model_dump_json().encode(),
+                {"ce_type": event.type, "ce_id": str(event.id)},
+            )
+            for event in built
+        ],
+    )
+    return built
+
+
 async def pending_count(session: AsyncSession) -> int:
     """How many messages wait in the outbox (for metrics and tests)."""
     return int((await session.execute(select(func.count()).select_from(outbox))).scalar_one())
@@ -121,6 +219,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self.is_leader = False
         self.published = 0
+        self._stats: list[float] = [0, 0, 0.0]  # batches, messages, seconds publishing
+        self._stats_since = time.monotonic()
 
     async def start(self) -> None:
         """Connect the producer (aiokafka wants a running loop for that) and relay in the background."""
@@ -163,13 +263,34 @@ class OutboxRelay:
             await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
             while True:
                 self._wake.clear()
-                if await self._publish_batch(conn) < self._batch_size:
+                started = time.monotonic()
+                published = await self._publish_batch(conn)
+                self._note(published, time.monotonic() - started)
+                if published < self._batch_size:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
             self.is_leader = False
             with contextlib.suppress(Exception):
                 await asyncio.shield(conn.close(timeout=2))
+
+    def _note(self, published: int, busy: float) -> None:
+        """Count a batch; one INFO summary every STATS_INTERVAL seconds instead of a line per batch."""
+        if published:
+            self._stats[0] += 1
+            self._stats[1] += published
+            self._stats[2] += busy
+        now = time.monotonic()
+        if now - self._stats_since >= STATS_INTERVAL and self._stats[0]:
+            batches, messages, spent = self._stats
+            log.info(
+                "outbox.relayed",
+                batches=int(batches),
+                messages=int(messages),
+                mean_size=round(messages / batches, 1),
+                busy_share=round(spent / (now - self._stats_since), 3),
+            )
+            self._stats, self._stats_since = [0, 0, 0.0], now
 
     async def _publish_batch(self, conn: asyncpg.Connection) -> int:
         rows = await conn.fetch(
