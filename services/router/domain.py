@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -73,6 +73,7 @@ class Network:
     _children: dict[str, list[Station]] = field(init=False, repr=False, compare=False)
     _staff: dict[str, list[Worker]] = field(init=False, repr=False, compare=False)
     _by_id: dict[str, Worker] = field(init=False, repr=False, compare=False)
+    _position: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         children: dict[str, list[Station]] = {}
@@ -92,6 +93,21 @@ class Network:
         object.__setattr__(self, "_children", {k: sorted(v, key=lambda s: s.id) for k, v in children.items()})
         object.__setattr__(self, "_staff", staff)
         object.__setattr__(self, "_by_id", {worker.id: worker for worker in self.workers})
+        object.__setattr__(self, "_position", {worker.id: i for i, worker in enumerate(self.workers)})
+
+    def update_loads_in_place(self, loads: Mapping[str, tuple[int, datetime | None]]) -> None:
+        """Unsafe for a shared snapshot: replace these workers' (load, idle_since) in this very
+        network, at a cost that follows the changes. Only for a snapshot its owner alone reads
+        between decisions (a router's LiveNetwork); unknown workers are ignored."""
+        for worker_id, (load, idle_since) in loads.items():
+            worker = self._by_id.get(worker_id)
+            if worker is None or (worker.load, worker.idle_since) == (load, idle_since):
+                continue
+            changed = replace(worker, load=load, idle_since=idle_since)
+            self.workers[self._position[worker_id]] = changed
+            staff = self._staff[worker.station_id]
+            staff[staff.index(worker)] = changed
+            self._by_id[worker_id] = changed
 
     def parent(self, station: Station) -> Station | None:
         """The station directly above, or None at the top."""

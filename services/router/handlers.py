@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,7 +28,7 @@ from services.router.lifecycle import Actor, CaseState, CommandRefused, Context,
 from services.router.policy import Policy
 from services.shared.directory import get_user
 from services.shared.logging import get_logger
-from services.shared.outbox import emit_case_event, enqueue
+from services.shared.outbox import emit_case_event, emit_case_events, enqueue
 from services.shared.tables import stations, users
 from services.shared.time import utc_now
 
@@ -144,7 +144,8 @@ def state_from_row(row: RowMapping) -> CaseState:
     )
 
 
-def _row_from_state(state: CaseState, *, received_at: datetime | None = None) -> dict[str, Any]:
+def row_from_state(state: CaseState, *, received_at: datetime | None = None) -> dict[str, Any]:
+    """The router.cases row of a CaseState (received_at only when the case is new)."""
     facts = state.facts
     row = {
         "case_id": facts.case_id,
@@ -175,6 +176,14 @@ def _row_from_state(state: CaseState, *, received_at: datetime | None = None) ->
     return row | ({"received_at": received_at} if received_at is not None else {})
 
 
+class NetworkSource(Protocol):
+    """Where a decision gets its network snapshot: NetworkCache, or a router's LiveNetwork."""
+
+    async def get(self, session: AsyncSession) -> Network: ...
+
+    def invalidate(self) -> None: ...
+
+
 class NetworkCache:
     """One network snapshot reused across decisions (a sweep tick); refreshed after it went stale.
 
@@ -202,7 +211,7 @@ async def decide_and_apply(
     *,
     policy: Policy,
     resident_ref: str,
-    networks: NetworkCache | None = None,
+    networks: NetworkSource | None = None,
     received_at: datetime | None = None,
 ) -> Decision | None:
     """Run a pure decision on fresh enough data, reserve its offer, then store and emit it."""
@@ -246,7 +255,7 @@ async def _store(
     session: AsyncSession, before: CaseState | None, decision: Decision, *, received_at: datetime | None
 ) -> None:
     state = decision.state
-    row = _row_from_state(state, received_at=received_at)
+    row = row_from_state(state, received_at=received_at)
     if before is None:
         await session.execute(pg_insert(tables.cases).values(row).on_conflict_do_nothing())
     else:
@@ -280,12 +289,18 @@ async def _emit(session: AsyncSession, decision: Decision) -> None:
         "risk_level": facts.risk_level,
         "resident_ref": facts.resident_ref,
     }
+    events: list[tuple[str, dict[str, Any]]] = []
     for event in decision.events:
         data = {**common, **event.fields}
         status = STATUS_AFTER[event.name]
         if status is not None:
             data |= {"status": status.value, "tier": event.tier, "station_id": event.station_id}
-        await emit_case_event(session, event.name, source=SOURCE, data=data)
+        events.append((event.name, data))
+    if all(STATUS_AFTER[name] is not None for name, _ in events):
+        await emit_case_events(session, events, source=SOURCE)  # three statements for all of them
+        return
+    for name, data in events:  # sla_* take their position from the case head, one at a time
+        await emit_case_event(session, name, source=SOURCE, data=data)
 
 
 async def route_received_case(session: AsyncSession, event: CaseReceived, *, policy: Policy) -> Decision:
@@ -308,7 +323,7 @@ async def route_received_case(session: AsyncSession, event: CaseReceived, *, pol
     )
     assert decision is not None, "a received case is always routed"
     state = decision.state
-    log.info("router.case_routed", rule=state.rule, tier=state.tier, station_id=state.station_id, status=state.status)
+    log.debug("router.case_routed", rule=state.rule, tier=state.tier, station_id=state.station_id, status=state.status)
     return decision
 
 
@@ -317,7 +332,9 @@ async def _actor(session: AsyncSession, user_id: str) -> Actor | None:
     return Actor(user.id, user.role, user.station_id) if user is not None else None
 
 
-async def apply_command(session: AsyncSession, command: CaseCommand, *, policy: Policy) -> CommandResult:
+async def apply_command(
+    session: AsyncSession, command: CaseCommand, *, policy: Policy, networks: NetworkSource | None = None
+) -> CommandResult:
     """Apply a worker's or supervisor's action and publish the router's answer to it."""
     state = await lock_case(session, command.case_id)
     if state is None:
@@ -333,13 +350,14 @@ async def apply_command(session: AsyncSession, command: CaseCommand, *, policy: 
                     lambda ctx: decide_command(state, command, actor, ctx),
                     policy=policy,
                     resident_ref=state.facts.resident_ref,
+                    networks=networks,
                 )
             assert decision is not None
             result = _result(command, "applied", decision.state.status)
         except CommandRefused as refused:
             result = _result(command, refused.outcome, state.status, refused.message)
     await enqueue(session, topic=CASE_COMMAND_RESULTS, key=command.case_id, payload=result.model_dump_json().encode())
-    log.info("router.command", action=command.action, outcome=result.outcome)
+    log.debug("router.command", action=command.action, outcome=result.outcome)
     return result
 
 

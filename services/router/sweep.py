@@ -110,7 +110,9 @@ class DeadlineSweep:
                 log.warning("router.sweep_nothing_due", case_id=state.facts.case_id)
             else:
                 self.fired += 1
-                log.info("router.deadline_fired", case_id=state.facts.case_id, events=[e.name for e in decision.events])
+                log.debug(
+                    "router.deadline_fired", case_id=state.facts.case_id, events=[e.name for e in decision.events]
+                )
             return True
 
     async def _offer_queued(self, networks: NetworkCache) -> None:
@@ -131,6 +133,8 @@ class DeadlineSweep:
                 .mappings()
                 .all()
             )
+            if not rows:  # nothing waits: no need to read the network
+                return
             network = await networks.get(session)
         for row in rows:
             state = state_from_row(row)

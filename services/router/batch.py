@@ -1,0 +1,199 @@
+"""Routing a poll batch of received cases in one transaction: one network snapshot, one look-up of
+who served each resident, one reservation statement, bulk writes, three statements of events.
+
+Safety is the per-message path's (handlers.py): every reservation is a conditional UPDATE that
+only succeeds while the worker is on duty and the case still fits, so a stale snapshot can cost a
+retry but never overfill a worker. The batch's worker rows are locked in worker-id order before
+they are updated, the order every other router transaction takes them in, so replicas queue
+instead of deadlocking. If any reservation fails (another replica took the capacity meanwhile),
+the reservations roll back to a savepoint and the batch is decided again on loads read afresh; after
+PLACEMENT_ATTEMPTS the messages go through the per-message path one by one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.events import STATUS_AFTER, CaseReceived
+from services.router import tables
+from services.router.domain import CaseFacts, Network
+from services.router.handlers import SOURCE, load_network, row_from_state
+from services.router.lifecycle import Context, Decision, admit
+from services.router.policy import Policy
+from services.shared.consuming import OneByOne
+from services.shared.logging import get_logger
+from services.shared.outbox import emit_case_events
+from services.shared.time import utc_now
+
+log = get_logger(__name__)
+# Snapshots tried before the batch goes one by one: a failed reservation means another router took
+# the capacity between our read and our update, and a fresh read usually gets it right.
+PLACEMENT_ATTEMPTS = 3
+
+# Changes whenever `caselink network load` adds or updates a station or a user.
+_DIRECTORY_VERSION = text(
+    "SELECT (SELECT count(*) FROM shared.users), (SELECT max(updated_at) FROM shared.users), "
+    "(SELECT count(*) FROM shared.stations), (SELECT max(updated_at) FROM shared.stations)"
+)
+_LOADS = text("SELECT worker_id, load, idle_since FROM router.worker_load")
+_ROUTED_ALREADY = text("SELECT case_id FROM router.cases WHERE case_id = ANY(CAST(:ids AS text[]))")
+_SERVED_BEFORE = text(
+    "SELECT DISTINCT resident_ref, worker_id FROM router.offers "
+    "WHERE resident_ref = ANY(CAST(:refs AS text[])) AND (outcome IS NULL OR outcome = 'accepted')"
+)
+_LOCK_WORKERS = text(
+    "SELECT 1 FROM router.worker_load WHERE worker_id = ANY(CAST(:ids AS text[])) ORDER BY worker_id FOR UPDATE"
+)
+_RESERVE = text(
+    "UPDATE router.worker_load wl SET load = wl.load + r.weight, updated_at = now() "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:weights AS integer[])) AS r(worker_id, weight), shared.users u "
+    "WHERE wl.worker_id = r.worker_id AND u.id = wl.worker_id AND u.on_duty AND wl.load + r.weight <= u.capacity "
+    "RETURNING wl.worker_id"
+)
+
+
+class LiveNetwork:
+    """The network a router keeps between batches: stations and workers reloaded only when the
+    directory changed, loads re-read at the start of every batch, this batch's offers applied as
+    they are decided (so two cases of one batch see each other's load).
+
+    The snapshot is this object's alone and is updated in place; a caller reads it only until
+    its next await (decisions are synchronous), so nobody sees it change under them."""
+
+    def __init__(self) -> None:
+        self._network: Network | None = None
+        self._version: tuple[Any, ...] | None = None
+
+    async def refresh(self, session: AsyncSession) -> Network:
+        """A snapshot as fresh as this transaction can see (two cheap statements, or a full load)."""
+        version = tuple((await session.execute(_DIRECTORY_VERSION)).one())
+        if self._network is None or version != self._version:
+            self._network, self._version = await load_network(session), version
+        else:
+            rows = await session.execute(_LOADS)
+            self._network.update_loads_in_place({row.worker_id: (row.load, row.idle_since) for row in rows})
+        return self._network
+
+    def add_load(self, worker_id: str, weight: int) -> Network:
+        """The snapshot with `weight` more on the worker (an offer this batch made)."""
+        assert self._network is not None, "refresh() first"
+        worker = self._network.worker(worker_id)
+        if worker is not None:
+            self._network.update_loads_in_place({worker_id: (worker.load + weight, worker.idle_since)})
+        return self._network
+
+    async def get(self, session: AsyncSession) -> Network:
+        """NetworkCache's interface for decide_and_apply: a refreshed snapshot every time."""
+        return await self.refresh(session)
+
+    def invalidate(self) -> None:
+        """Nothing to drop: the next `get` re-reads the loads anyway."""
+
+
+async def route_received_batch(
+    session: AsyncSession, received: list[CaseReceived], *, policy: Policy, live: LiveNetwork
+) -> list[Decision]:
+    """Route a batch of newly received cases in order: routed → escalated… → assigned | queued each."""
+    ids = [event.data.case_id for event in received]
+    # A case is routed once, even if a second `received` for it came in (its events repeat it).
+    done = set((await session.execute(_ROUTED_ALREADY, {"ids": ids})).scalars())
+    todo: list[CaseReceived] = []
+    for event in received:
+        if event.data.case_id not in done:
+            done.add(event.data.case_id)
+            todo.append(event)
+    if not todo:
+        return []
+    served: dict[str, set[str]] = defaultdict(set)
+    refs = sorted({event.data.resident_ref for event in todo})
+    for row in await session.execute(_SERVED_BEFORE, {"refs": refs}):
+        served[row.resident_ref].add(row.worker_id)
+    for _ in range(PLACEMENT_ATTEMPTS):
+        # Loads as they are now: a failed attempt's offers were never made, and this re-reads them.
+        network = await live.refresh(session)
+        placed, reservations = _decide(todo, policy, network, live, {ref: set(ws) for ref, ws in served.items()})
+        if await _reserve(session, reservations):
+            break
+    else:
+        raise OneByOne("capacity kept changing under the batch's snapshots")
+    await _store(session, placed)
+    await emit_case_events(session, [event for _, decision in placed for event in _events(decision)], source=SOURCE)
+    for _, decision in placed:
+        state = decision.state
+        log.debug("router.case_routed", case_id=state.facts.case_id, rule=state.rule, status=state.status)
+    return [decision for _, decision in placed]
+
+
+def _decide(
+    todo: list[CaseReceived], policy: Policy, network: Network, live: LiveNetwork, served: dict[str, set[str]]
+) -> tuple[list[tuple[CaseReceived, Decision]], dict[str, int]]:
+    """Every case's decision in order on the snapshot, each seeing the offers made before it."""
+    placed: list[tuple[CaseReceived, Decision]] = []
+    reservations: dict[str, int] = defaultdict(int)
+    for event in todo:
+        data = event.data
+        facts = CaseFacts(data.case_id, data.room_id, str(data.category), str(data.risk_level), data.resident_ref)
+        ctx = Context(policy, network, utc_now(), frozenset(served.get(facts.resident_ref, ())))
+        decision = admit(facts, ctx, received_at=event.time)
+        if (offer := decision.offer) is not None:
+            reservations[offer.worker_id] += offer.weight
+            served.setdefault(facts.resident_ref, set()).add(offer.worker_id)
+            network = live.add_load(offer.worker_id, offer.weight)
+        placed.append((event, decision))
+    return placed, reservations
+
+
+async def _reserve(session: AsyncSession, reservations: dict[str, int]) -> bool:
+    """Reserve every worker's share at once, or nothing (the savepoint also drops the row locks)."""
+    if not reservations:
+        return True
+    workers = sorted(reservations)
+    savepoint = await session.begin_nested()
+    await session.execute(_LOCK_WORKERS, {"ids": workers})
+    reserved = await session.execute(_RESERVE, {"ids": workers, "weights": [reservations[w] for w in workers]})
+    if len(reserved.all()) == len(workers):
+        await savepoint.commit()
+        return True
+    await savepoint.rollback()
+    return False
+
+
+async def _store(session: AsyncSession, placed: list[tuple[CaseReceived, Decision]]) -> None:
+    rows = [row_from_state(decision.state, received_at=event.time) for event, decision in placed]
+    await session.execute(pg_insert(tables.cases).on_conflict_do_nothing(), rows)
+    offers = [
+        {
+            "case_id": decision.state.facts.case_id,
+            "worker_id": offer.worker_id,
+            "tier": offer.tier,
+            "station_id": offer.station_id,
+            "resident_ref": decision.state.facts.resident_ref,
+            "accept_by": offer.accept_by,
+        }
+        for _, decision in placed
+        if (offer := decision.offer) is not None
+    ]
+    if offers:
+        await session.execute(tables.offers.insert(), offers)
+
+
+def _events(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
+    facts = decision.state.facts
+    common = {
+        "case_id": facts.case_id,
+        "category": facts.category,
+        "risk_level": facts.risk_level,
+        "resident_ref": facts.resident_ref,
+    }
+    events = []
+    for event in decision.events:
+        status = STATUS_AFTER[event.name]
+        assert status is not None, "a received case's events all move it"
+        data = {**common, **event.fields, "status": status.value, "tier": event.tier, "station_id": event.station_id}
+        events.append((event.name, data))
+    return events
