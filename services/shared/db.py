@@ -124,6 +124,11 @@ def asyncpg_dsn(database_url: str) -> str:
 # deadlock_detected, serialization_failure: PostgreSQL aborted one of two concurrent transactions
 # (say, two routers moving load between the same workers in opposite order); running it again succeeds.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# The server is going down or coming up (admin_shutdown, crash_shutdown, "the database system is
+# starting up"), is full, or the connection broke (class 08). asyncpg raises these as server errors,
+# which SQLAlchemy wraps in a plain DBAPIError: without this, a restart that takes a few seconds
+# would use up a message's retries and dead-letter a perfectly good referral.
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
@@ -131,7 +136,10 @@ def is_transient_db_error(exc: BaseException) -> bool:
     rather than the request being wrong."""
     if isinstance(exc, OperationalError | InterfaceError):
         return True
-    if isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    if isinstance(exc, DBAPIError) and (
+        sqlstate in RETRYABLE_SQLSTATES or sqlstate in UNAVAILABLE_SQLSTATES or sqlstate.startswith("08")
+    ):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
