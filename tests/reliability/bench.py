@@ -109,22 +109,29 @@ class ReliabilityBench(RouterHarness):
         assert self._infra is not None, "bench not started"
         return next(p for p in self._infra.processes if p.name == name)
 
-    async def start_notifier(self, name: str = "notifier") -> None:
+    async def start_notifier(self, name: str = "notifier", **env: str) -> None:
         """Start `caselink notifier` and wait until it consumes (its ready file exists)."""
         ready_file = self.work_dir / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
-        service = await self._spawn(name, ["notifier", "--ready-file", str(ready_file)], self._service_env())
+        # Escalation digests would hold pushes back for minutes: every push goes out on its own.
+        settings = self._service_env(**{"CASELINK_NOTIFY_DIGEST_MINUTES": "0", **env})
+        service = await self._spawn(name, ["notifier", "--ready-file", str(ready_file)], settings)
 
         async def touched() -> bool:
             return ready_file.exists()
 
         await self._wait_ready(service, touched)
 
-    async def ensure_running(self, name: str) -> None:
-        """Start the router or notifier of this name unless it runs."""
-        service = self.services.get(name)
-        if service is None or service.proc.returncode is not None:
-            await self.restart(name)
+    async def ensure_running(self, *names: str) -> None:
+        """Start the intake, router or notifier of these names unless they run (an earlier test may
+        have failed with one of them stopped)."""
+        stopped = [n for n in names if (s := self.services.get(n)) is None or s.proc.returncode is not None]
+        await asyncio.gather(*(self.start_intake() if n == "intake" else self.restart(n) for n in stopped))
+
+    async def routed_from(self, rooms: list[str]) -> int:
+        """Cases from these rooms the router has committed (it runs ahead of what the relay published)."""
+        rows = await self.sql("SELECT count(*) AS n FROM router.cases WHERE room_id = ANY($1::text[])", rooms)
+        return int(rows[0]["n"])
 
     async def restart(self, name: str) -> None:
         """Start a router or notifier (again) under this name."""

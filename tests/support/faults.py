@@ -120,3 +120,14 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
     finally:
         await consumer.stop()
     return {p: offset for p, offset in found.items() if offset is not None and offset >= 0}
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end (next) offset of each of `topic`'s partitions."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()
