@@ -34,7 +34,7 @@ from services.notifier.domain import (
     plan_jobs,
     recipients_needed,
 )
-from services.shared.outbox import emit_case_event, enqueue
+from services.shared.outbox import OutboxMessage, emit_case_events, enqueue_many
 from services.shared.tables import stations, users
 
 SOURCE: EventSource = "caselink/notifier"
@@ -252,9 +252,11 @@ async def record_sends(
     """
     await _apply_steps(session, sent)
     await _log_deliveries(session, [item for item in sent if item.step.next != "retry"])
+    events: list[tuple[str, dict[str, Any]]] = []
+    letters: list[OutboxMessage] = []
     for item in sent:
         job, step = item.job, item.step
-        if step.next in ("retry", "fallback"):
+        if step.next not in ("delivered", "failed"):
             continue
         common = {
             "case_id": job.case_id,
@@ -267,20 +269,16 @@ async def record_sends(
             "purpose": job.purpose,
         }
         if step.next == "delivered":
-            await emit_case_event(session, "notified", source=SOURCE, data=common)
+            events.append(("notified", common))
             continue
-        failure = {**common, "error": item.result.error}
-        await emit_case_event(session, "notification_failed", source=SOURCE, data=failure)
+        events.append(("notification_failed", {**common, "error": item.result.error}))
         if job.id in dead_letters:
             origin, key, value = dead_letters[job.id]
             error = f"push to {job.recipient} given up after {job.attempts} attempts: {item.result.error}"
-            await enqueue(
-                session,
-                topic=dlq(origin.rsplit("/", 2)[0]),
-                key=key,
-                payload=value,
-                headers={"x-error": error[:1000], "x-origin": origin, "x-consumer": CONSUMER},
-            )
+            headers = {"x-error": error[:1000], "x-origin": origin, "x-consumer": CONSUMER}
+            letters.append(OutboxMessage(dlq(origin.rsplit("/", 2)[0]), key, value, headers))
+    await emit_case_events(session, events, source=SOURCE)
+    await enqueue_many(session, letters)
 
 
 async def _apply_steps(session: AsyncSession, sent: list[Sent]) -> None:

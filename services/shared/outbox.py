@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -142,41 +144,62 @@ _ADVANCE_HEADS = text(
 )
 
 
+_LOCK_HEADS = text("SELECT case_id FROM shared.case_heads WHERE case_id = ANY(:case_ids) ORDER BY case_id FOR UPDATE")
+_ADVANCE_KEPT_HEADS = text(
+    "UPDATE shared.case_heads AS h SET last_sequence = h.last_sequence + m.n "
+    "FROM unnest(CAST(:case_ids AS text[]), CAST(:counts AS integer[])) AS m(case_id, n) "
+    "WHERE h.case_id = m.case_id RETURNING h.case_id, h.last_sequence, h.status, h.tier, h.station_id"
+)
+
+
 async def emit_case_events(
     session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]], *, source: EventSource
 ) -> list[CaseEvent]:
-    """`emit_case_event` for many events in three statements; each (name, data) must move its case
-    (STATUS_AFTER is not None), and a case's events get consecutive sequences in the order given.
+    """`emit_case_event` for many events in a few statements; a case's events get consecutive
+    sequences in the order given. Either every event moves its case (STATUS_AFTER is not None), or
+    none does (notified, sla_*: status, tier and station are then taken from the case's head).
 
-    The heads are upserted in case-id order, so two such batches lock shared heads in the same
+    The heads are locked in case-id order, so two such batches lock shared heads in the same
     order; the row locks keep sequences gap-free and in commit order, as for one event.
     """
     if not events:
         return []
     counts: dict[str, int] = {}
     last: dict[str, dict[str, Any]] = {}
-    for name, data in events:
-        if STATUS_AFTER[name] is None:
-            raise ValueError(f"{name} events keep the case where it is: emit them with emit_case_event")
+    for _, data in events:
         counts[data["case_id"]] = counts.get(data["case_id"], 0) + 1
         last[data["case_id"]] = data
     case_ids = sorted(counts)
-    rows = await session.execute(
-        _ADVANCE_HEADS,
-        {
-            "case_ids": case_ids,
-            "counts": [counts[c] for c in case_ids],
-            "statuses": [str(last[c]["status"]) for c in case_ids],
-            "tiers": [str(last[c]["tier"]) for c in case_ids],
-            "stations": [last[c]["station_id"] for c in case_ids],
-        },
-    )
+    moving = {STATUS_AFTER[name] is not None for name, _ in events}
+    if len(moving) > 1:
+        raise ValueError("emit events that move their case and events that keep it in separate calls")
+    place: dict[str, dict[str, Any]] = {}
+    if moving == {True}:
+        statement, parameters = (
+            _ADVANCE_HEADS,
+            {
+                "case_ids": case_ids,
+                "counts": [counts[c] for c in case_ids],
+                "statuses": [str(last[c]["status"]) for c in case_ids],
+                "tiers": [str(last[c]["tier"]) for c in case_ids],
+                "stations": [last[c]["station_id"] for c in case_ids],
+            },
+        )
+    else:
+        await session.execute(_LOCK_HEADS, {"case_ids": case_ids})
+        statement, parameters = _ADVANCE_KEPT_HEADS, {"case_ids": case_ids, "counts": [counts[c] for c in case_ids]}
+    rows = (await session.execute(statement, parameters)).all()
+    if moving == {False}:
+        place = {row.case_id: {"status": row.status, "tier": row.tier, "station_id": row.station_id} for row in rows}
     next_sequence = {row.case_id: row.last_sequence - counts[row.case_id] + 1 for row in rows}
     built: list[CaseEvent] = []
     for name, data in events:
-        sequence = next_sequence[data["case_id"]]
-        next_sequence[data["case_id"]] = sequence + 1
-        built.append(new_event(name, source=source, data={**data, "sequence": sequence}))
+        case_id = data["case_id"]
+        if case_id not in next_sequence:
+            raise LookupError(f"case {case_id} has no events yet: {name} cannot be its first")
+        sequence = next_sequence[case_id]
+        next_sequence[case_id] = sequence + 1
+        built.append(new_event(name, source=source, data={**data, **place.get(case_id, {}), "sequence": sequence}))
     await enqueue_many(
         session,
         [
@@ -302,19 +325,40 @@ class OutboxRelay:
         # Pipelined: every send is queued before any is awaited; the producer batches them.
         # If any send fails, nothing is deleted and the whole batch goes again: duplicates are
         # possible (consumers dedupe by event id), losses and reordering within a case are not.
-        futures = [
-            await self.producer.send(
-                row["topic"],
-                value=bytes(row["payload"]),
-                key=bytes(row["key"]) if row["key"] is not None else None,
-                headers=[(k, str(v).encode()) for k, v in _headers(row["headers"]).items()],
+        futures = []
+        for row in rows:
+            key = bytes(row["key"]) if row["key"] is not None else None
+            futures.append(
+                await self.producer.send(
+                    row["topic"],
+                    value=bytes(row["payload"]),
+                    key=key,
+                    partition=self._partition_of(row["topic"], key),
+                    headers=[(k, str(v).encode()) for k, v in _headers(row["headers"]).items()],
+                )
             )
-            for row in rows
-        ]
         await asyncio.gather(*futures)
         await conn.execute("DELETE FROM shared.outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
         self.published += len(rows)
         return len(rows)
+
+    def _partition_of(self, topic: str, key: bytes | None) -> int | None:
+        """The partition aiokafka's default partitioner would pick for a key (None: let it pick).
+
+        The same murmur2 formula over the same partition list, with the hash of a key cached:
+        each case's key comes back for every one of its events, and murmur2 is pure Python.
+        """
+        assert self.producer is not None
+        partitions = self.producer.client.cluster.partitions_for_topic(topic)
+        if key is None or not partitions:
+            return None
+        all_partitions = list(partitions)
+        return all_partitions[_key_hash(key) % len(all_partitions)]
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_hash(key: bytes) -> int:
+    return murmur2(key) & 0x7FFFFFFF
 
 
 def _headers(raw: Any) -> dict[str, Any]:
