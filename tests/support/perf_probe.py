@@ -72,9 +72,10 @@ class ProbeHarness(RouterHarness):
     """The router bench with the services' log level chosen by the probe."""
 
     log_level = "INFO"
+    settings: dict[str, str] = {}  # noqa: RUF012  (CASELINK_* overrides for the services)
 
     def _service_env(self, **extra: str) -> dict[str, str]:
-        return super()._service_env(CASELINK_LOG_LEVEL=self.log_level, **extra)
+        return super()._service_env(CASELINK_LOG_LEVEL=self.log_level, **self.settings, **extra)
 
     async def load_network(self) -> None:
         """As the bench does, with time for a Jiujiang-scale file on a busy machine."""
@@ -251,6 +252,7 @@ async def main(args: argparse.Namespace, work_dir: Path, profile: Path | None) -
     print(f"network: {len(rooms)} rooms, {len(network.users) - 1} workers; work dir {work_dir}")
     harness = ProbeHarness(work_dir, policy_yaml=POLICY, network=network)
     harness.log_level = args.log_level
+    harness.settings = dict(item.split("=", 1) for item in args.set)
     routers = tuple(f"router-{i}" for i in range(1, args.routers + 1))
     watch = Watch()
     try:
@@ -296,6 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=15, help="workers per township")
     parser.add_argument("--log-level", default="INFO", help="CASELINK_LOG_LEVEL of the services")
     parser.add_argument("--profile", help="record the services with py-spy into this directory")
+    parser.add_argument("--set", action="append", default=[], help="CASELINK_X=value for the services")
     parser.add_argument("--work-dir")
     return parser.parse_args(argv)
 
