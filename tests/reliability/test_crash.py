@@ -1,8 +1,9 @@
 """Crash mid-batch: the router and the notifier are SIGKILLed at seeded random moments while a burst
 of referrals flows through, and started again each time. Afterwards every case was routed and
 placed exactly once with a gap-free `sequence`, worker load matches the cases held, and no push
-was sent twice except the one kind at-least-once delivery allows: a push that was on the wire when
-the notifier died, sent again with the same X-Caselink-Delivery id (receivers deduplicate on it).
+was sent twice except as at-least-once delivery allows: a push that was on the wire when the
+notifier died, or that the receiver did not answer in time, sent again with the same
+X-Caselink-Delivery id (receivers deduplicate on it).
 
 CASELINK_CRASH_CASES sets the size of the burst (default 300, about a minute here);
 CASELINK_CRASH_KILLS how often each service is killed (default 2), each time its progress through
@@ -12,6 +13,7 @@ the burst crosses a seeded random threshold. RELIABILITY.md records the 2,000-ca
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -35,7 +37,7 @@ KILLS = int(os.environ.get("CASELINK_CRASH_KILLS", "2"))
 # The burst arrives over this long: a restart (joining the consumer groups) takes 10-20 s here.
 SUBMIT_SECONDS = float(os.environ.get("CASELINK_CRASH_SUBMIT_SECONDS", "25"))
 # A push is recorded within this long after it was sent, under load; only pushes sent in this
-# window before a kill may be sent again after it.
+# window before a kill may arrive again after it without the notifier having counted a retry.
 RECORD_WINDOW = 5.0
 
 
@@ -65,17 +67,24 @@ class Chaos:
     name: str
     progress: Callable[[], Awaitable[int]]
     thresholds: list[int]
+    through: int | None = None  # the progress at which the burst is through: no kill after that
     kills: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def seeded(
-        cls, bench: ReliabilityBench, name: str, progress: Callable[[], Awaitable[int]], total: int, seed: int
+        cls,
+        bench: ReliabilityBench,
+        name: str,
+        progress: Callable[[], Awaitable[int]],
+        total: int,
+        seed: int,
+        through: int | None = None,
     ) -> Chaos:
         """One threshold in each of KILLS equal slices of the first 80 % of `total` (a progress the burst
         is sure to reach), so a restart's backlog does not carry the service past two at once."""
         rng = random.Random(seed)
         slices = [(0.8 * k / KILLS, 0.8 * (k + 0.6) / KILLS) for k in range(KILLS)]
-        return cls(bench, name, progress, [max(1, int(total * rng.uniform(*s))) for s in slices])
+        return cls(bench, name, progress, [max(1, int(total * rng.uniform(*s))) for s in slices], through)
 
     async def run(self, *, within: float) -> None:
         deadline = time.monotonic() + within
@@ -83,7 +92,9 @@ class Chaos:
             while (progress := await self.progress()) < threshold:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{self.name} stuck at {progress} of {threshold}")
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.05)
+            if self.through is not None and progress >= self.through:
+                return  # a restart's catch-up carried it past the end: a kill now would prove nothing
             killed_at = time.monotonic()
             await self.bench.kill(self.name)
             # Counted once the process is gone: every push before this index was sent by the dead one.
@@ -106,20 +117,29 @@ def _webhook_pushes(bench: ReliabilityBench, cases: set[str]) -> list[tuple[int,
     return found
 
 
-def _unexplained_repushes(pushes: list[tuple[int, str]], kills: list[dict[str, Any]], clock: PushClock) -> list[str]:
-    """Pushes sent more than once for any reason but a notifier kill landing between the first two
-    sends, within RECORD_WINDOW after the first; or sent three times or more."""
+def _unexplained_repushes(
+    pushes: list[tuple[int, str]], sends: dict[str, int], kills: list[dict[str, Any]], clock: PushClock
+) -> list[str]:
+    """Pushes that arrived more often than the notifier says it sent them (`sends`: its recorded
+    attempts; a receiver slower than the timeout is rightly sent the push again), where the surplus
+    is not explained by notifier kills: each kill explains one extra arrival of a push first sent
+    at most RECORD_WINDOW before it and sent again after it."""
     arrivals: dict[str, list[int]] = {}
     for index, delivery in pushes:
         arrivals.setdefault(delivery, []).append(index)
     windows = [(clock.count_at(kill["when"] - RECORD_WINDOW), kill["requests_before"]) for kill in kills]
     bad = []
     for delivery, seen in arrivals.items():
-        if len(seen) == 1:
+        surplus = len(seen) - max(1, sends.get(delivery, 1))
+        if surplus <= 0:
             continue
-        explained = any(start <= seen[0] < boundary <= seen[1] for start, boundary in windows)
-        if len(seen) > 2 or not explained:
-            bad.append(f"{delivery} at request #{seen} (kills at #{[b for _, b in windows]})")
+        explained = sum(
+            1 for start, boundary in windows if any(start <= a < boundary <= b for a, b in itertools.pairwise(seen))
+        )
+        if explained < surplus:
+            bad.append(
+                f"{delivery} at request #{seen}, sent {sends.get(delivery)}x (kills at #{[b for _, b in windows]})"
+            )
     return bad
 
 
@@ -154,7 +174,7 @@ async def test_router_and_notifier_killed_mid_batch_lose_nothing_and_double_noth
         return sum(1 for r in bench.receiver.requests[pushes_before:] if r.path.startswith("/hooks/cr-"))
 
     # Kills at progress thresholds, from the start, while intake and the router work through the burst.
-    chaos = [Chaos.seeded(bench, "router", routed, CASES, SEED + 1)]
+    chaos = [Chaos.seeded(bench, "router", routed, CASES, SEED + 1, through=CASES)]
     if not notifier_broken:
         chaos.append(Chaos.seeded(bench, "notifier", pushed, CASES // 5, SEED + 2))
     clock = PushClock(bench)
@@ -172,8 +192,7 @@ async def test_router_and_notifier_killed_mid_batch_lose_nothing_and_double_noth
         + f"; all placed after {time.monotonic() - started:.1f}s; kills at (progress, threshold): "
         + "; ".join(f"{c.name} {[(k['progress'], k['at']) for k in c.kills]}" for c in chaos)
     )
-    late = [k for k in chaos[0].kills if k["progress"] >= CASES]
-    assert not late, f"the router was killed after it had routed the whole burst: {late}"
+    assert len(chaos[0].kills) >= min(KILLS, 2), "the router routed the burst before two kills: stream it slower"
 
     problems = await bench.placed_once_problems(cases)
     assert not problems, f"{len(problems)} cases: {dict(list(problems.items())[:5])}\n{bench.explain(problems)}"
@@ -189,7 +208,8 @@ async def _assert_every_push_sent_once_but_for_kills(
     bench: ReliabilityBench, cases: list[str], kills: list[dict[str, Any]], clock: PushClock
 ) -> None:
     """Once the notifier is through: every `notified` event is one recorded delivery, every recorded
-    delivery was pushed and every push recorded, and a push went out twice only across a kill."""
+    delivery was pushed and every push recorded, and a push arrived more often than the notifier sent
+    it only across a kill."""
     await _wait_for_pushes(bench, cases, within=60 + CASES / 5)
     # The jobs a killed notifier had claimed are sent again once its lease (60 s) runs out.
     await wait_until(_notifier_done(bench, cases), within=150, what="the notifier through every event and job")
@@ -198,7 +218,7 @@ async def _assert_every_push_sent_once_but_for_kills(
     pushes = _webhook_pushes(bench, set(cases))
     # A push carries one delivery, or several folded into a digest under the digest's id (batch_id).
     deliveries = await bench.sql(
-        "SELECT coalesce(batch_id, delivery_id)::text AS pushed_as FROM notifier.deliveries "
+        "SELECT coalesce(batch_id, delivery_id)::text AS pushed_as, attempts FROM notifier.deliveries "
         "WHERE case_id = ANY($1::text[]) AND status = 'delivered'",
         cases,
     )
@@ -227,7 +247,8 @@ async def _assert_every_push_sent_once_but_for_kills(
         f"pushed but not recorded: {sorted(pushed_ids - recorded_ids)[:5]} ({len(pushed_ids - recorded_ids)}); "
         f"recorded but never pushed: {sorted(recorded_ids - pushed_ids)[:5]} ({len(recorded_ids - pushed_ids)})"
     )
-    bad = _unexplained_repushes(pushes, kills, clock)
+    sends = {row["pushed_as"]: int(row["attempts"]) for row in deliveries}
+    bad = _unexplained_repushes(pushes, sends, kills, clock)
     assert not bad, f"{len(bad)} of {repushed} repeated pushes not explained by a kill: {bad[:10]}"
 
 

@@ -34,23 +34,28 @@ STOP_AFTER_ROUTED = 25
 
 @dataclass(frozen=True)
 class ConsumerOfTopic:
-    """One consumer group on one topic, the inbox name it claims under, and the inbox message id of a
-    record's value (None for records it reads but never claims, like the router's non-`received` events)."""
+    """One consumer group on one topic, the inbox name it claims under, and the inbox message ids a
+    record may be claimed under (none for records it reads but never claims, like the router's
+    non-`received` events)."""
 
     group: str
     topic: str
     inbox: str
-    message_id: Callable[[dict[str, Any]], str | None]
+    message_ids: Callable[[str, dict[str, Any]], set[str]]
 
 
 INTAKE_SUBMISSIONS = ConsumerOfTopic(
-    "caselink-intake", REFERRALS_SUBMITTED, "intake.submissions", lambda v: f"submission:{v['submission_id']}"
+    "caselink-intake",
+    REFERRALS_SUBMITTED,
+    "intake.submissions",
+    # Claimed per message (`topic/partition/offset`); before that, per submission id.
+    lambda where, v: {f"submission:{where}", f"rejected:{where}", f"submission:{v.get('submission_id')}"},
 )
 ROUTER_CASES = ConsumerOfTopic(
     "caselink-router",
     CASE_EVENTS,
     "router.cases",
-    lambda v: str(v["id"]) if v.get("type") == "caselink.case.received.v1" else None,
+    lambda where, v: {str(v["id"])} if v.get("type") == "caselink.case.received.v1" else set(),
 )
 
 
@@ -82,13 +87,13 @@ async def _offsets_disagreeing_with_inbox(bench: ReliabilityBench, of: ConsumerO
     }
     unprocessed, uncommitted = [], []
     for partition, offset, value in await _records(bench.kafka_bootstrap, of.topic):
-        message_id = of.message_id(value)
-        if message_id is None:
+        message_ids = of.message_ids(f"{of.topic}/{partition}/{offset}", value)
+        if not message_ids:
             continue
         below = offset < committed.get(partition, 0)
-        if below and message_id not in claimed:
+        if below and not message_ids & claimed:
             unprocessed.append((partition, offset))
-        elif not below and message_id in claimed:
+        elif not below and message_ids & claimed:
             uncommitted.append((partition, offset))
     return {"committed but not processed": unprocessed, "processed but not committed": uncommitted}
 
