@@ -42,8 +42,9 @@ def create_service(settings: Settings) -> Runtime:
         build_channels(client, timeout=settings.webhook_timeout, settings=settings),
         retry,
         read_origin=kafka_origin_reader(settings, bootstrap),
-        # A lease outlives any single send (each is bounded by its channel's timeout).
-        lease=timedelta(seconds=max(60.0, 3 * max(settings.webhook_timeout, settings.smtp_timeout))),
+        # A lease outlives any single send (each is bounded by its channel's timeout) and its
+        # record; it is also how long a crashed notifier's claimed pushes wait for another one.
+        lease=timedelta(seconds=max(30.0, 3 * max(settings.webhook_timeout, settings.smtp_timeout))),
         poll_interval=settings.notify_poll_interval,
         max_in_flight=settings.notify_max_in_flight,
     )

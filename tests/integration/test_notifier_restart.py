@@ -1,5 +1,5 @@
-"""The notifier as a real process on real PostgreSQL and Tansu, stopped and killed in the middle
-of a stream of tasks: nobody is pushed twice, nobody is missed, and no resident's id number,
+"""The notifier as a real process on real PostgreSQL and Tansu, stopped in the middle of a
+stream of tasks: nobody is pushed twice, nobody is missed, and no resident's id number,
 phone or name reaches a push or a log line."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest_asyncio
 
 from schemas.referral import id_number_check_char
 from services.notifier.dispatcher import kafka_origin_reader
-from services.notifier.domain import delivery_id_for
 from services.shared.settings import Settings
 from tests.integration.router_harness import SYSTEM_USER, RouterHarness, running_harness
 from tests.support.network_builder import NetworkBuilder
@@ -96,30 +95,19 @@ async def wait_for_pushes(receiver: Receiver, count: int, within: float) -> None
     raise AssertionError(f"only {len(receiver.requests)} of {count} pushes arrived")
 
 
-async def test_stopping_and_killing_the_notifier_mid_stream_neither_loses_nor_repeats_a_push(
+async def test_stopping_the_notifier_mid_stream_neither_loses_nor_repeats_a_push(
     bench: RouterHarness, receiver: Receiver
 ) -> None:
+    """SIGTERM mid-stream. (A SIGKILL mid-batch, where a push sent but not yet recorded goes out
+    again with the same delivery id, is tests/reliability/test_crash.py.)"""
     _, rooms = build_network(receiver.url)
     rng = random.Random(20261122)
-    waves = [await submit_with_pii(bench, rooms, CASES // 3)]
+    waves = [await submit_with_pii(bench, rooms, CASES // 2)]
 
     # A graceful stop while tasks stream in: sends in flight finish and are recorded first.
     await wait_for_pushes(receiver, rng.randint(10, 30), within=90)
     await bench.stop_router("notifier-1")
-    waves.append(await submit_with_pii(bench, rooms, CASES // 3))  # they wait on the topic
-    await bench.start_notifier("notifier-1", CASELINK_NOTIFY_DIGEST_MINUTES="0")
-
-    # A SIGKILL mid-batch: a send the notifier made but had not yet recorded goes out again, with
-    # the same delivery id (the receiver's dedupe key). Those are the jobs leased at the kill.
-    await wait_for_pushes(receiver, CASES // 3 + rng.randint(5, 20), within=90)
-    await bench.kill_router("notifier-1")
-    leased = {
-        str(delivery_id_for(str(r["event_id"]), "webhook", r["recipient"]))
-        for r in await bench.sql(
-            "SELECT event_id, recipient FROM notifier.jobs WHERE status = 'pending' AND lease_until IS NOT NULL"
-        )
-    }
-    waves.append(await submit_with_pii(bench, rooms, CASES - 2 * (CASES // 3)))
+    waves.append(await submit_with_pii(bench, rooms, CASES - CASES // 2))  # they wait on the topic
     await bench.start_notifier("notifier-1", CASELINK_NOTIFY_DIGEST_MINUTES="0")
     cases = await bench.cases_of([s for wave in waves for s in wave], within=120)
     await wait_for_pushes(receiver, len(cases), within=120)
@@ -130,14 +118,11 @@ async def test_stopping_and_killing_the_notifier_mid_stream_neither_loses_nor_re
     await bench.events.wait_for(lambda: len(notified()) == len(cases), within=60, what="a notified event per case")
 
     pushes = Counter(r.headers["x-caselink-delivery"] for r in receiver.requests)
-    repeated = {delivery for delivery, times in pushes.items() if times > 1}
-    print(f"\n{len(cases)} tasks, {len(receiver.requests)} requests, repeated after SIGKILL: {len(repeated)}")
-    assert len(pushes) == len(cases)
+    assert len(pushes) == len(cases) and set(pushes.values()) == {1}
     jobs = await bench.sql("SELECT id, status FROM notifier.jobs")
     assert {r["status"] for r in jobs} == {"delivered"} and len(jobs) == len(cases)
     delivered_ids = {str(r["delivery_id"]) for r in await bench.sql("SELECT delivery_id FROM notifier.deliveries")}
     assert set(pushes) == delivered_ids
-    assert repeated <= leased  # only sends in flight at the kill may repeat
     assert set(notified().values()) == {1}
 
     # Nothing that identifies the resident left the system in a push, or reached a log line.
