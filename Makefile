@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint typecheck clean chromium
+.PHONY: run test reliability lint typecheck clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ run: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy schemas services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not reliability"
+
+# The fault-injection and security suite (tests/reliability, RELIABILITY.md): frozen broker, stopped
+# database, kill -9 mid-batch, SIGTERM, poison messages, bad input, PII scans. About 5-6 minutes on
+# its own; kept out of `make test` so that stays under its 10-minute budget.
+reliability: $(STAMP)
+	$(BIN)/pytest -q -m reliability
 
 # The dashboard's browser test drives Debian's Chromium (with a Chinese font, so its screenshots
 # are readable). Install them where we may (root with apt); elsewhere the test skips and says why.
