@@ -13,7 +13,7 @@ from faststream.kafka.annotations import KafkaMessage
 from schemas.topics import CASE_EVENTS
 from services.notifier.channels import build_channels
 from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
-from services.notifier.domain import NoisePolicy, RetryPolicy, recipients_needed
+from services.notifier.domain import NoisePolicy, RetryPolicy, purpose_of
 from services.notifier.handlers import CONSUMER, Incoming, store_jobs
 from services.shared.consuming import MessageConsumer, decode_case_event, origin
 from services.shared.db import is_transient_db_error, transaction
@@ -57,7 +57,8 @@ def create_service(settings: Settings) -> Runtime:
         batch: list[Incoming] = []
         for record in records:
             event = await decode_case_event(consumer, record)
-            if event is not None and not recipients_needed(event.type, event.data.model_dump(mode="json")).is_empty:
+            # Only the types that may push; store_jobs asks each event whom it concerns.
+            if event is not None and purpose_of(event.type) is not None:
                 batch.append(Incoming(event, origin(record)))
         if not batch:
             return

@@ -74,15 +74,15 @@ async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datet
     becomes pending again with the recipient's current channels: that is how a dead letter
     replayed after fixing the network file gets its push out.
     """
-    wanted = [(item, recipients_needed(item.event.type, _data(item.event))) for item in batch]
-    wanted = [(item, query) for item, query in wanted if not query.is_empty]
+    dumped = [(item, item.event.data.model_dump(mode="json")) for item in batch]
+    wanted = [(item, data, recipients_needed(item.event.type, data)) for item, data in dumped]
+    wanted = [(item, data, query) for item, data, query in wanted if not query.is_empty]
     if not wanted:
         return 0
-    directory = await _Directory.load(session, [query for _, query in wanted])
-    waiting = await _first_job_times(session, [i.event.data.case_id for i, _ in wanted if i.event.type in _WAITING])
+    directory = await _Directory.load(session, [query for _, _, query in wanted])
+    waiting = await _first_job_times(session, [d["case_id"] for i, d, _ in wanted if i.event.type in _WAITING])
     rows: list[dict[str, Any]] = []
-    for item, query in wanted:
-        data = _data(item.event)
+    for item, data, query in wanted:
         since = waiting.get(data["case_id"], item.event.time) if item.event.type in _WAITING else None
         jobs = plan_jobs(
             item.event.type,
@@ -107,10 +107,6 @@ async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datet
 
 
 _WAITING = (ESCALATED, QUEUED)
-
-
-def _data(event: CaseEvent) -> dict[str, Any]:
-    return event.data.model_dump(mode="json")
 
 
 def _row(job: Job, origin: str) -> dict[str, Any]:
