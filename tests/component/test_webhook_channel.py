@@ -196,7 +196,9 @@ async def test_receiver_that_does_not_answer_in_time_is_retried_with_the_same_de
     receiver: Receiver, client: httpx.AsyncClient
 ) -> None:
     receiver.hang(1)
-    channel = WebhookChannel(client, timeout=0.3)
+    # Long enough that an answering receiver never times out on a loaded CI machine; the hanging
+    # one never answers at all.
+    channel = WebhookChannel(client, timeout=1.0)
     push = _push(f"{receiver.url}/hook")
 
     first = await channel.send(push)
