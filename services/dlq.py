@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.topics import DLQ_SUFFIX, TOPIC_PARTITIONS
-from services.shared.kafka import client_security, make_producer
+from services.shared.kafka import client_security, log_ends, make_producer
 from services.shared.settings import Settings
 
 REPLAY_GROUP = "caselink-dlq-replay"
@@ -123,7 +123,7 @@ async def read_dead_letters(
     assignment = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
     # Assigned, not subscribed: the group only keeps our position, no rebalance to wait for.
     consumer.assign(assignment)
-    ends = await consumer.end_offsets(assignment)
+    ends = await log_ends(consumer, assignment)
     for tp in assignment:
         if since_offset is not None:
             consumer.seek(tp, since_offset)

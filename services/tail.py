@@ -184,7 +184,7 @@ async def run_tail(
     """Print case events until `stop` is set, or SIGINT / SIGTERM arrives."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from services.shared.kafka import client_security
+    from services.shared.kafka import client_security, log_ends
 
     out = out or sys.stdout
     event_filter = event_filter or EventFilter()
@@ -209,8 +209,9 @@ async def run_tail(
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
+        else:  # from the true end (Tansu's reported end can sit inside the last record batch)
+            for partition, end in (await log_ends(consumer, partitions)).items():
+                consumer.seek(partition, end)
         where = "the beginning" if from_beginning else "now on"
         print(f"tailing {CASE_EVENTS} ({len(partitions)} partitions) from {where}; Ctrl-C stops", file=sys.stderr)
         while not stop.is_set():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -165,3 +166,28 @@ async def create_topics(settings: Settings, bootstrap: str) -> list[str]:
         return missing
     finally:
         await admin.close()
+
+
+async def log_ends(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], *, within: float = 5.0
+) -> dict[TopicPartition, int]:
+    """The end (next offset) of each of these partitions, which the consumer must have assigned;
+    it leaves their positions anywhere, so seek afterwards.
+
+    Tansu answers ListOffsets(latest) with the base offset of the partition's last record batch
+    plus one, not the offset after its last record: a batch of three at 2..4 ends at 3, and a reader
+    that stops there misses two records. Apache Kafka answers right. So read from the reported end
+    minus one: a fetch returns whole batches, and the last record seen gives the true end.
+    """
+    reported = await consumer.end_offsets(partitions)
+    ends = dict(reported)
+    pending = {tp for tp in partitions if reported[tp] > 0}
+    for tp in pending:
+        consumer.seek(tp, reported[tp] - 1)
+    deadline = time.monotonic() + within
+    while pending and time.monotonic() < deadline:
+        for tp, records in (await consumer.getmany(*pending, timeout_ms=200)).items():
+            if records:
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+                pending.discard(tp)
+    return ends

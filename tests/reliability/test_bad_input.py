@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.referral import id_number_check_char
 from schemas.topics import TOPIC_PARTITIONS
 from services.intake.domain import MAX_JSON_DEPTH, MAX_REFERRAL_BYTES
+from services.shared.kafka import log_ends
 from tests.integration.conftest import Stack
 from tests.support.api_client import ROOM_WORKER, Tokens, assert_error, referral
 
@@ -46,7 +47,8 @@ class Snapshot:
             " (SELECT count(*) FROM shared.outbox) AS outbox"
         )
         partitions = [TopicPartition(t, p) for t, n in TOPIC_PARTITIONS.items() for p in range(n)]
-        ends = await self._kafka.end_offsets(partitions)
+        self._kafka.assign(partitions)
+        ends = await log_ends(self._kafka, partitions)
         topics: dict[str, int] = {}
         for tp, end in ends.items():
             topics[tp.topic] = topics.get(tp.topic, 0) + end

@@ -103,6 +103,15 @@ class Chaos:
             await self.bench.restart(self.name)
 
 
+def _at_most_ahead(
+    submitted: Callable[[], int], routed: Callable[[], Awaitable[int]], ahead: int
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return submitted() - await routed() <= ahead
+
+    return check
+
+
 def _webhook_pushes(bench: ReliabilityBench, cases: set[str]) -> list[tuple[int, str]]:
     """(arrival index, X-Caselink-Delivery) of every push about these cases (to whoever received it:
     a county worker of a sibling subtree may have been offered one of them laterally)."""
@@ -161,9 +170,18 @@ async def test_router_and_notifier_killed_mid_batch_lose_nothing_and_double_noth
     submissions: list[str] = []
 
     async def stream() -> None:
-        """The burst arrives over SUBMIT_SECONDS, so the kills land while work is still arriving."""
+        """The burst arrives over at least SUBMIT_SECONDS and never runs more than `ahead` cases in
+        front of the router, so every kill lands while work is still arriving: a restart (10-20 s to
+        join the consumer groups) cannot leave the rest of the burst to one catch-up past the last
+        threshold, however fast the machine of the day routes."""
         chunk = max(1, CASES // int(SUBMIT_SECONDS / 0.5))
+        ahead = max(2 * chunk, CASES // 10)
         for i in range(0, CASES, chunk):
+            await wait_until(
+                _at_most_ahead(lambda: len(submissions), routed, ahead),
+                within=120,
+                what=f"the router within {ahead} cases of the submissions",
+            )
             submissions.extend(await bench.submit_many(referrals[i : i + chunk]))
             await asyncio.sleep(0.5)
 

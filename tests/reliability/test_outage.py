@@ -111,6 +111,7 @@ async def test_database_down_mid_stream_intake_not_ready_no_offset_committed_pas
     producing = asyncio.create_task(stream(referrals[third:], 0.1))
     stop_postgres(postgres)
     stopped_at = time.monotonic()
+    stopped_wall_ms = time.time() * 1000
     ends_at_stop = await end_offsets(bench.kafka_bootstrap, REFERRALS_SUBMITTED)
     try:
         await wait_until(_is(bench.readyz, 503), within=15, what="/readyz 503 with the database down")
@@ -129,7 +130,10 @@ async def test_database_down_mid_stream_intake_not_ready_no_offset_committed_pas
     # Nothing produced after the stop can have been processed, so nothing beyond it may be committed.
     assert sum(ends_during.values()) - sum(ends_at_stop.values()) > 0, "no submission arrived during the outage"
     beyond = {p: (c, ends_at_stop[p]) for p, c in committed_during.items() if c > ends_at_stop[p]}
-    assert not beyond, f"committed past the end of the log at the stop (committed, end): {beyond}"
+    assert not beyond, (
+        f"committed past the end of the log at the stop (committed, end): {beyond}; "
+        f"{await _records_after(bench, beyond, stopped_wall_ms)}"
+    )
     assert unavailable > 0, "intake never noticed the outage"
 
     await wait_until(_is(bench.readyz, 200), within=30, what="/readyz 200 after the database came back")
@@ -168,6 +172,23 @@ async def test_database_down_mid_stream_intake_not_ready_no_offset_committed_pas
     # An outage is waited out, never counted against a message (which would end in the dead-letter topic).
     counted = {event: n - counted_before[event] for event, n in _counted_failures(bench).items()}
     assert counted == {"consumer.retry": 0, "consumer.dead_letter": 0}, counted
+
+
+async def _records_after(bench: ReliabilityBench, beyond: dict[int, tuple[int, int]], stopped_ms: float) -> str:
+    """Diagnostics: when the records past the stop's end were produced (ms after the stop) and by whom."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bench.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    seen = []
+    try:
+        for partition, (committed, end) in beyond.items():
+            tp = TopicPartition(REFERRALS_SUBMITTED, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, max(0, end - 2))
+            for record in (await consumer.getmany(tp, timeout_ms=2000, max_records=committed - end + 2)).get(tp, []):
+                seen.append((partition, record.offset, round(record.timestamp - stopped_ms), record.key))
+    finally:
+        await consumer.stop()
+    return f"(partition, offset, ms after the stop, key): {seen}"
 
 
 def _is(probe: Callable[[], Awaitable[int]], status: int) -> Callable[[], Awaitable[bool]]:

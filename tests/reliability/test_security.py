@@ -22,6 +22,7 @@ from schemas.referral import id_number_check_char
 from schemas.topics import REFERRALS_SUBMITTED, TOPIC_PARTITIONS, dlq
 from services.shared.demo import demo_network
 from services.shared.directory import hash_token
+from services.shared.kafka import log_ends
 from tests.integration.conftest import Stack
 from tests.support.api_client import (
     CITY_SUPERVISOR,
@@ -67,7 +68,8 @@ async def every_message(bootstrap: str) -> AsyncIterator[tuple[str, bytes]]:
     await kafka.start()
     try:
         partitions = [TopicPartition(t, p) for t, n in TOPIC_PARTITIONS.items() for p in range(n)]
-        ends = await kafka.end_offsets(partitions)
+        kafka.assign(partitions)
+        ends = await log_ends(kafka, partitions)
         wanted = [tp for tp in partitions if ends[tp] > 0]
         kafka.assign(wanted)
         await kafka.seek_to_beginning(*wanted)

@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import CASE_EVENTS, REFERRALS_SUBMITTED, TOPIC_PARTITIONS
+from services.shared.kafka import log_ends
 from tests.reliability.bench import CATEGORIES, RISKS, ReliabilityBench, wait_until
 from tests.support.faults import committed_offsets
 
@@ -66,7 +67,7 @@ async def _records(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str,
     try:
         assignment = [TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS[topic])]
         consumer.assign(assignment)
-        ends = await consumer.end_offsets(assignment)
+        ends = await log_ends(consumer, assignment)
         await consumer.seek_to_beginning(*assignment)
         found: list[tuple[int, int, dict[str, Any]]] = []
         deadline = time.monotonic() + 30

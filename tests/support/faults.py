@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.shared.embedded import PG_SYSTEM_USER, EmbeddedProcess, die_with_parent
+from services.shared.kafka import log_ends
 
 
 def process_state(pid: int) -> str:
@@ -128,6 +129,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        consumer.assign(partitions)
+        return {tp.partition: offset for tp, offset in (await log_ends(consumer, partitions)).items()}
     finally:
         await consumer.stop()
