@@ -5,9 +5,9 @@ was sent twice except as at-least-once delivery allows: a push that was on the w
 notifier died, or that the receiver did not answer in time, sent again with the same
 X-Caselink-Delivery id (receivers deduplicate on it).
 
-CASELINK_CRASH_CASES sets the size of the burst (default 300, about a minute here);
-CASELINK_CRASH_KILLS how often each service is killed (default 2), each time its progress through
-the burst crosses a seeded random threshold. RELIABILITY.md records the 2,000-case run made by hand.
+CASELINK_CRASH_CASES sets the size of the burst (default 2,000, about two minutes here);
+CASELINK_CRASH_KILLS how often each service is killed (default 3), each time its progress through
+the burst crosses a seeded random threshold.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from tests.support.faults import committed_offsets, end_offsets
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(600)]
 
 SEED = 20260616
-CASES = int(os.environ.get("CASELINK_CRASH_CASES", "300"))
-KILLS = int(os.environ.get("CASELINK_CRASH_KILLS", "2"))
+CASES = int(os.environ.get("CASELINK_CRASH_CASES", "2000"))
+KILLS = int(os.environ.get("CASELINK_CRASH_KILLS", "3"))
 # The burst arrives over this long: a restart (joining the consumer groups) takes 10-20 s here.
 SUBMIT_SECONDS = float(os.environ.get("CASELINK_CRASH_SUBMIT_SECONDS", "25"))
 # A push is recorded within this long after it was sent, under load; only pushes sent in this
