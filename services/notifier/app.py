@@ -15,7 +15,7 @@ from services.notifier.channels import build_channels
 from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
 from services.notifier.domain import NoisePolicy, RetryPolicy, purpose_of
 from services.notifier.handlers import CONSUMER, Incoming, store_jobs
-from services.shared.consuming import MessageConsumer, decode_case_event, origin
+from services.shared.consuming import MessageConsumer, decode_case_event, event_type_header, origin
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings, quiet_hours_window
@@ -56,6 +56,10 @@ def create_service(settings: Settings) -> Runtime:
         records = cast(tuple[Any, ...], msg.raw_message)
         batch: list[Incoming] = []
         for record in records:
+            # Skipped unread when its header names a type that never pushes (most of the topic:
+            # received, routed, notified...); a record without the header is read to find out.
+            if (named := event_type_header(record)) is not None and purpose_of(named) is None:
+                continue
             event = await decode_case_event(consumer, record)
             # Only the types that may push; store_jobs asks each event whom it concerns.
             if event is not None and purpose_of(event.type) is not None:

@@ -8,14 +8,14 @@ or dead receiver cannot hold up a partition. The dispatcher (dispatcher.py) send
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import CaseEvent, EventSource
@@ -81,7 +81,7 @@ async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datet
         return 0
     directory = await _Directory.load(session, [query for _, _, query in wanted])
     waiting = await _first_job_times(session, [d["case_id"] for i, d, _ in wanted if i.event.type in _WAITING])
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     for item, data, query in wanted:
         since = waiting.get(data["case_id"], item.event.time) if item.event.type in _WAITING else None
         jobs = plan_jobs(
@@ -96,36 +96,46 @@ async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datet
         rows += [_row(job, item.origin) for job in jobs]
     if not rows:
         return 0
-    insert = pg_insert(tables.jobs).values(rows)
-    revive = {"status": "pending", "channel_index": 0, "attempt": 0, "lease_until": None, "finished_at": None}
-    statement = insert.on_conflict_do_update(
-        index_elements=[tables.jobs.c.event_id, tables.jobs.c.recipient],
-        set_={**revive, "channels": insert.excluded.channels, "due_at": insert.excluded.due_at},
-        where=tables.jobs.c.status == "failed",
-    ).returning(tables.jobs.c.id)
-    return len((await session.execute(statement)).all())
+    # A job twice in one batch (its event delivered twice) would be one row updated twice.
+    unique = list({row[0]: row for row in rows}.values())
+    columns = dict(zip(_JOB_COLUMNS, zip(*unique, strict=True), strict=True))
+    return len((await session.execute(_STORE_JOBS, {name: list(values) for name, values in columns.items()})).all())
 
 
 _WAITING = (ESCALATED, QUEUED)
 
+_JOB_COLUMNS = (
+    "ids", "event_ids", "event_types", "case_ids", "purposes", "categories", "risk_levels", "resident_refs",
+    "recipients", "channels", "messages", "batchables", "due_ats", "origins",
+)  # fmt: skip
+# One statement text whatever the batch size (asyncpg prepares it once per connection, and
+# SQLAlchemy compiles nothing per batch). A job given up before becomes pending again.
+_STORE_JOBS = text(
+    "INSERT INTO notifier.jobs (id, event_id, event_type, case_id, purpose, category, risk_level, resident_ref, "
+    "recipient, channels, message, batchable, due_at, origin) "
+    "SELECT m.id, m.event_id, m.event_type, m.case_id, m.purpose, m.category, m.risk_level, m.resident_ref, "
+    "m.recipient, CAST(m.channels AS jsonb), CAST(m.message AS jsonb), m.batchable, m.due_at, m.origin FROM unnest("
+    "CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:case_ids AS text[]), "
+    "CAST(:purposes AS text[]), CAST(:categories AS text[]), CAST(:risk_levels AS text[]), "
+    "CAST(:resident_refs AS text[]), CAST(:recipients AS text[]), CAST(:channels AS text[]), "
+    "CAST(:messages AS text[]), CAST(:batchables AS boolean[]), CAST(:due_ats AS timestamptz[]), "
+    "CAST(:origins AS text[])) AS m(id, event_id, event_type, case_id, purpose, category, risk_level, "
+    "resident_ref, recipient, channels, message, batchable, due_at, origin) "
+    "ON CONFLICT (event_id, recipient) DO UPDATE SET status = 'pending', channel_index = 0, attempt = 0, "
+    "lease_until = NULL, finished_at = NULL, channels = EXCLUDED.channels, due_at = EXCLUDED.due_at "
+    "WHERE notifier.jobs.status = 'failed' "
+    "RETURNING notifier.jobs.id"
+)
 
-def _row(job: Job, origin: str) -> dict[str, Any]:
-    return {
-        "id": str(job.id),
-        "event_id": job.event_id,
-        "event_type": job.event_type,
-        "case_id": job.case_id,
-        "purpose": job.purpose,
-        "category": job.category,
-        "risk_level": job.risk_level,
-        "resident_ref": job.resident_ref,
-        "recipient": job.recipient,
-        "channels": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in job.channels],
-        "message": job.facts,
-        "batchable": job.batchable,
-        "due_at": job.due_at,
-        "origin": origin,
-    }
+
+def _row(job: Job, origin: str) -> tuple[Any, ...]:
+    """A job's values in the order of _JOB_COLUMNS."""
+    channels = [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in job.channels]
+    return (
+        str(job.id), job.event_id, job.event_type, job.case_id, job.purpose, job.category, job.risk_level,
+        job.resident_ref, job.recipient, json.dumps(channels), json.dumps(job.facts), job.batchable, job.due_at,
+        origin,
+    )  # fmt: skip
 
 
 async def _first_job_times(session: AsyncSession, case_ids: list[str]) -> dict[str, datetime]:
@@ -332,12 +342,15 @@ async def _log_deliveries(session: AsyncSession, finished: list[Sent]) -> None:
     ]
     # One row per delivery id: a job re-claimed after its lease ran out may be here twice.
     rows = list({row["delivery_id"]: row for row in rows}.values())
-    statement = pg_insert(tables.deliveries).values(rows)
-    # A replayed job sends again: its log rows show the latest outcome.
-    update_columns = ("status", "attempts", "last_error", "batch_id")
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[tables.deliveries.c.delivery_id],
-            set_={c: statement.excluded[c] for c in update_columns},
-        )
-    )
+    await session.execute(_LOG_DELIVERIES, {name: [row[name] for row in rows] for name in rows[0]})
+
+
+# A replayed job sends again: its log rows show the latest outcome.
+_LOG_DELIVERIES = text(
+    "INSERT INTO notifier.deliveries (delivery_id, event_id, case_id, purpose, recipient, channel, status, "
+    "attempts, last_error, batch_id) SELECT * FROM unnest(CAST(:delivery_id AS uuid[]), CAST(:event_id AS uuid[]), "
+    "CAST(:case_id AS text[]), CAST(:purpose AS text[]), CAST(:recipient AS text[]), CAST(:channel AS text[]), "
+    "CAST(:status AS text[]), CAST(:attempts AS integer[]), CAST(:last_error AS text[]), CAST(:batch_id AS uuid[])) "
+    "ON CONFLICT (delivery_id) DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts, "
+    "last_error = EXCLUDED.last_error, batch_id = EXCLUDED.batch_id"
+)
