@@ -140,17 +140,15 @@ class ServiceProcesses:
                     f"the {name} service exited with {proc.returncode}; see {self.data_dir}/logs/{name}.log"
                 )
 
-    def consumer_pids(self) -> dict[str, int]:
-        """The process ids of the running routers and notifiers."""
-        return {n: p.pid for n, p in self.processes.items() if n != "intake" and p.poll() is None}
-
     def start_profilers(self, out_dir: Path) -> bool:
-        """Sample every router and notifier with py-spy (raw collapsed stacks); False if py-spy is missing."""
+        """Sample intake and every router and notifier with py-spy (raw collapsed stacks); False if
+        py-spy is missing."""
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(py_spy).exists():
             return False
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, pid in self.consumer_pids().items():
+        running = {n: p.pid for n, p in self.processes.items() if p.poll() is None}
+        for name, pid in running.items():
             self.profilers[name] = subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--nonblocking",
                  "--output", str(out_dir / f"{name}.txt")],
