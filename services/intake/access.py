@@ -3,6 +3,8 @@ the access log of who read which case."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
@@ -51,6 +53,45 @@ async def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+# Connections the pool keeps for intake's consumers (submissions, projection, command results).
+RESERVED_CONNECTIONS = 3
+
+
+def request_slots(pool_size: int) -> asyncio.Semaphore:
+    """How many requests may hold a `request_session` at once: the pool less the consumers' share.
+
+    Beyond the pool's size the engine opens overflow connections and closes them again on return;
+    under steady load that is a new connection (fork, TLS attempt, codec introspection) per
+    request or so, slower than waiting here for a pooled one."""
+    return asyncio.Semaphore(max(1, pool_size - RESERVED_CONNECTIONS))
+
+
+async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session for a whole request; closed (rolled back unless committed) when the route returns."""
+    async with request.app.state.request_slots, sessions_of(request)() as session:
+        yield session
+
+
+RequestSession = Annotated[AsyncSession, Depends(request_session, scope="function")]
+
+
+async def user_in_request_session(
+    session: RequestSession, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> User:
+    """`current_user`, looked up in the transaction the route then writes in: one connection and
+    one transaction per request instead of two. Still checked before the body is parsed (401, not
+    422, for a bad token), and a token revoked before that transaction began is refused."""
+    if credentials is None:
+        raise ApiError(401, "an Authorization: Bearer <token> header is required")
+    user = await authenticate(session, credentials.credentials)
+    if user is None:
+        raise ApiError(401, "the bearer token is unknown or revoked")
+    return user
+
+
+UserInRequestSession = Annotated[User, Depends(user_in_request_session)]
 
 
 async def visible_case(session: AsyncSession, user: User, case_id: str) -> Any:

@@ -14,7 +14,16 @@ from sqlalchemy import select, text
 
 from schemas.referral import ROOT_FIELD, FieldError, ReferralSubmission
 from services.intake import tables
-from services.intake.access import CaseId, CurrentUser, record_case_read, sessions_of, settings_of, visible_case
+from services.intake.access import (
+    CaseId,
+    CurrentUser,
+    RequestSession,
+    UserInRequestSession,
+    record_case_read,
+    sessions_of,
+    settings_of,
+    visible_case,
+)
 from services.intake.domain import (
     MAX_JSON_DEPTH,
     MAX_REFERRAL_BYTES,
@@ -81,7 +90,8 @@ router = APIRouter(route_class=JsonBodyRoute)
 async def submit_referral(
     request: Request,
     submission: ReferralSubmission,
-    user: CurrentUser,
+    user: UserInRequestSession,
+    session: RequestSession,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> ReferralAccepted:
     """Submit a referral for a village room; a repeated Idempotency-Key returns the same case."""
@@ -92,15 +102,16 @@ async def submit_referral(
         raise ApiError(403, "a worker submits referrals in their own name (submitted_by)")
     key = idempotency_key or (str(submission.submission_id) if submission.submission_id else None)
     try:
-        async with transaction(sessions_of(request)) as session:
-            accepted = await accept_submission(
-                session,
-                submission,
-                submitted_by=submission.submitted_by or user.id,
-                idempotency_source=f"http:{user.id}",
-                idempotency_key=key,
-                resident_key=settings_of(request).resident_ref_key,
-            )
+        # The transaction the token was checked in (a failure here leaves it to roll back).
+        accepted = await accept_submission(
+            session,
+            submission,
+            submitted_by=submission.submitted_by or user.id,
+            idempotency_source=f"http:{user.id}",
+            idempotency_key=key,
+            resident_key=settings_of(request).resident_ref_key,
+        )
+        await session.commit()
     except SubmissionInvalid as invalid:
         REFERRALS.labels("invalid").inc()
         raise ApiError(422, invalid.errors[0].message, fields=invalid.errors) from None

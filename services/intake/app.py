@@ -20,6 +20,7 @@ from schemas.events import CaseEvent
 from schemas.referral import KafkaReferralSubmission
 from schemas.topics import CASE_COMMAND_RESULTS, CASE_EVENTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
+from services.intake.access import request_slots
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
@@ -161,6 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = runtime.sessions
     app.state.runtime = runtime
+    app.state.request_slots = request_slots(settings.db_pool_size)
 
     async def broker_ready() -> bool:
         return (await runtime.ready())["broker"]

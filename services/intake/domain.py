@@ -13,9 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.enums import Tier
 from schemas.referral import ROOT_FIELD, FieldError, KafkaReferralSubmission, Resident, validation_errors
 from services.shared.directory import StationRow, User
 
+# The only tier that submits referrals.
+VILLAGE = str(Tier.VILLAGE)
 # Limits of a referral body at the HTTP edge: a real one is a few KiB and nested three deep.
 MAX_REFERRAL_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
@@ -84,7 +87,7 @@ def room_problems(room_id: str, room: StationRow | None) -> list[FieldError]:
     """Why `room_id` cannot receive referrals (empty when it can)."""
     if room is None:
         return [FieldError(field="room_id", message=f"unknown station '{room_id}'")]
-    if room.tier != "village":
+    if room.tier != VILLAGE:
         return [
             FieldError(
                 field="room_id",

@@ -3,6 +3,7 @@ case read model (status, timeline) current from caselink.case.events."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
-from schemas.events import CaseEvent, EventSource, event_name
+from schemas.events import CaseEvent, EventSource, event_name, new_event
 from schemas.referral import FieldError, KafkaReferralSubmission, ReferralSubmission, RejectedSubmission
-from schemas.topics import REFERRALS_REJECTED
+from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED
 from services.intake import tables
 from services.intake.domain import (
+    VILLAGE,
     QueueEntry,
     SubmissionInvalid,
     next_queue_entry,
@@ -25,9 +27,9 @@ from services.intake.domain import (
     room_problems,
     submitter_problems,
 )
-from services.shared.directory import StationRow, User, get_station
+from services.shared.directory import StationRow, User
 from services.shared.logging import bind_message_context, get_logger
-from services.shared.outbox import emit_case_event, emit_case_events, enqueue
+from services.shared.outbox import NOTIFY_CHANNEL, emit_case_events, enqueue
 from services.shared.time import utc_now
 
 log = get_logger(__name__)
@@ -43,6 +45,40 @@ class Accepted:
     errors: list[FieldError] = field(default_factory=list)
 
 
+# A new case's whole acceptance in one statement (one round trip): look the room up, claim the
+# idempotency key, store the case, open its head at sequence 1 and put `received` in the outbox,
+# all only when the room is a village room and the key was free; NOTIFY (delivered at commit)
+# wakes the relay. The key is claimed first, as before: a concurrent duplicate waits on the
+# claimed row and then finds it with _EARLIER_CASE. A fresh case id has no head yet, so its first
+# event's sequence is 1 and the event can be built before the statement runs.
+_ACCEPT = text(
+    "WITH room AS (SELECT id, name, tier, parent_id FROM shared.stations WHERE id = CAST(:room_id AS text)), "
+    "claim AS (INSERT INTO intake.submission_keys (source, key, case_id) "
+    " SELECT CAST(:source AS text), CAST(:key AS text), CAST(:case_id AS text) FROM room "
+    " WHERE room.tier = CAST(:tier AS text) AND CAST(:key AS text) IS NOT NULL "
+    " ON CONFLICT DO NOTHING RETURNING case_id), "
+    "go AS (SELECT 1 FROM room WHERE room.tier = CAST(:tier AS text) "
+    " AND (CAST(:key AS text) IS NULL OR EXISTS (SELECT 1 FROM claim))), "
+    "new_case AS (INSERT INTO intake.cases (case_id, room_id, submitted_by, category, risk_level, summary, "
+    " resident, consent, resident_ref, occurred_at, status, tier, station_id) "
+    " SELECT CAST(:case_id AS text), CAST(:room_id AS text), CAST(:submitted_by AS text), CAST(:category AS text), "
+    " CAST(:risk_level AS text), CAST(:summary AS text), CAST(:resident AS jsonb), CAST(:consent AS jsonb), "
+    " CAST(:resident_ref AS text), CAST(:occurred_at AS timestamptz), 'received', CAST(:tier AS text), "
+    " CAST(:room_id AS text) FROM go), "
+    "head AS (INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
+    " SELECT CAST(:case_id AS text), 1, 'received', CAST(:tier AS text), CAST(:room_id AS text) FROM go), "
+    "message AS (INSERT INTO shared.outbox (topic, key, payload, headers) "
+    " SELECT CAST(:topic AS text), CAST(:event_key AS bytea), CAST(:payload AS bytea), CAST(:headers AS jsonb) "
+    " FROM go) "
+    "SELECT (SELECT name FROM room) AS room_name, (SELECT tier FROM room) AS room_tier, "
+    " (SELECT parent_id FROM room) AS room_parent, EXISTS (SELECT 1 FROM go) AS created, "
+    f" CASE WHEN EXISTS (SELECT 1 FROM go) THEN pg_notify('{NOTIFY_CHANNEL}', '') END AS woken"
+)
+_EARLIER_CASE = text(
+    "SELECT case_id FROM intake.submission_keys WHERE source = CAST(:source AS text) AND key = CAST(:key AS text)"
+)
+
+
 async def accept_submission(
     session: AsyncSession,
     submission: ReferralSubmission,
@@ -56,65 +92,58 @@ async def accept_submission(
 
     Raises SubmissionInvalid when the room cannot take referrals; nothing is written then.
     """
-    room = await get_station(session, submission.room_id)
-    if problems := room_problems(submission.room_id, room):
-        raise SubmissionInvalid(problems, submission_id=idempotency_key)
-    assert room is not None
     case_id = str(uuid.uuid4())
-    if idempotency_key is not None:
-        # Claiming the key first means a concurrent duplicate waits on this row and then finds it.
-        claimed = (
-            await session.execute(
-                pg_insert(tables.submission_keys)
-                .values(source=idempotency_source, key=idempotency_key, case_id=case_id)
-                .on_conflict_do_nothing()
-                .returning(tables.submission_keys.c.case_id)
-            )
-        ).first()
-        if claimed is None:
-            existing = await session.scalar(
-                select(tables.submission_keys.c.case_id).where(
-                    tables.submission_keys.c.source == idempotency_source,
-                    tables.submission_keys.c.key == idempotency_key,
-                )
-            )
-            return Accepted(case_id=str(existing), created=False)
-    bind_message_context(case_id=case_id)
     ref = resident_ref(submission.resident, key=resident_key)
-    await session.execute(
-        tables.cases.insert().values(
-            case_id=case_id,
-            room_id=room.id,
-            submitted_by=submitted_by,
-            category=str(submission.category),
-            risk_level=str(submission.risk_level),
-            summary=submission.summary,
-            resident=submission.resident.model_dump(mode="json"),
-            consent=submission.consent.model_dump(mode="json"),
-            resident_ref=ref,
-            occurred_at=submission.occurred_at,
-            status="received",
-            tier=room.tier,
-            station_id=room.id,
-        )
-    )
-    await emit_case_event(
-        session,
+    category, risk = str(submission.category), str(submission.risk_level)
+    # Built for a village room; written only if the room is one (the statement checks).
+    event = new_event(
         "received",
         source=SOURCE,
         data={
             "case_id": case_id,
             "status": "received",
-            "tier": room.tier,
-            "station_id": room.id,
-            "category": str(submission.category),
-            "risk_level": str(submission.risk_level),
+            "tier": VILLAGE,
+            "station_id": submission.room_id,
+            "category": category,
+            "risk_level": risk,
             "resident_ref": ref,
-            "room_id": room.id,
+            "room_id": submission.room_id,
             "submitted_by": submitted_by,
+            "sequence": 1,
         },
     )
-    log.debug("intake.case_received", category=str(submission.category), risk=str(submission.risk_level))
+    row = (
+        await session.execute(
+            _ACCEPT,
+            {
+                "room_id": submission.room_id,
+                "tier": VILLAGE,
+                "source": idempotency_source,
+                "key": idempotency_key,
+                "case_id": case_id,
+                "submitted_by": submitted_by,
+                "category": category,
+                "risk_level": risk,
+                "summary": submission.summary,
+                "resident": submission.resident.model_dump_json(),
+                "consent": submission.consent.model_dump_json(),
+                "resident_ref": ref,
+                "occurred_at": submission.occurred_at,
+                "topic": CASE_EVENTS,
+                "event_key": event.subject.encode(),
+                "payload": event.model_dump_json().encode(),
+                "headers": json.dumps({"ce_type": event.type, "ce_id": str(event.id)}),
+            },
+        )
+    ).one()
+    room = StationRow(submission.room_id, row.room_name, row.room_tier, row.room_parent) if row.room_tier else None
+    if problems := room_problems(submission.room_id, room):
+        raise SubmissionInvalid(problems, submission_id=idempotency_key)
+    if not row.created:
+        existing = await session.scalar(_EARLIER_CASE, {"source": idempotency_source, "key": idempotency_key})
+        return Accepted(case_id=str(existing), created=False)
+    bind_message_context(case_id=case_id)
+    log.debug("intake.case_received", category=category, risk=risk)
     return Accepted(case_id=case_id, created=True)
 
 
