@@ -3,6 +3,7 @@ received → routed → assigned → notified on caselink.case.events, gap-free 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -135,6 +136,29 @@ async def test_repeated_idempotency_key_returns_the_same_case_and_creates_nothin
         assert rows[0]["n"] == 1
         received = [e for e in case_events.of(case_id) if e["type"] == "caselink.case.received.v1"]
         assert len(received) == 1
+
+
+async def test_concurrent_requests_with_one_idempotency_key_make_one_case(stack: Stack, worker_token: str) -> None:
+    key = f"race-{uuid.uuid4()}"
+    answers = await asyncio.gather(*(submit(stack, worker_token, referral(), key=key) for _ in range(8)))
+    assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+    assert len({a.json()["case_id"] for a in answers}) == 1
+    rows = await stack.sql("SELECT count(*) AS n FROM intake.cases WHERE case_id = $1", answers[0].json()["case_id"])
+    assert rows[0]["n"] == 1
+
+
+async def test_a_referral_for_a_station_that_is_not_a_village_room_is_refused_and_nothing_is_written(
+    stack: Stack,
+) -> None:
+    system = stack.cli("token", "create", "--user", "sys-portal")
+    key = f"township-{uuid.uuid4()}"
+    before = await stack.sql("SELECT count(*) AS cases FROM intake.cases")
+    answer = await submit(stack, system, referral(room_id="T-360402101"), key=key)
+    assert answer.status_code == 422, answer.text
+    assert "room_id" in answer.text and "village rooms" in answer.text
+    assert await stack.sql("SELECT 1 FROM intake.submission_keys WHERE key = $1", key) == []
+    after = await stack.sql("SELECT count(*) AS cases FROM intake.cases")
+    assert after[0]["cases"] == before[0]["cases"]
 
 
 async def test_malformed_kafka_submissions_are_rejected_and_the_consumer_keeps_going(
