@@ -88,6 +88,8 @@ def _tail(path: Path, lines: int = 25, width: int = 400) -> str:
 class RouterHarness:
     """Infrastructure in this process, services as killable subprocesses; see the module docstring."""
 
+    network_load_seconds = 60.0  # how long `caselink network load` may take
+
     def __init__(self, work_dir: Path, *, policy_yaml: str, network: NetworkBuilder) -> None:
         self.work_dir = work_dir
         self.network = network
@@ -305,7 +307,7 @@ class RouterHarness:
             sys.executable, "-m", "services.cli", "network", "load", str(self.network_file),
             cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
-        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+        output, _ = await asyncio.wait_for(proc.communicate(), self.network_load_seconds)
         assert proc.returncode == 0, f"caselink network load failed:\n{output.decode(errors='replace')}"
 
     # ---- submissions and commands ----------------------------------------------------------
