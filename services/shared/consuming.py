@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.events import EVENT_CLASSES, CaseEvent, event_type, parse_case_event
 from schemas.topics import dlq
-from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, transaction
+from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, sqlstate_of, transaction
 from services.shared.inbox import claim, claim_many
 from services.shared.logging import get_logger
 from services.shared.outbox import enqueue
@@ -248,7 +248,7 @@ class MessageConsumer:
 
 def _is_conflict(exc: BaseException) -> bool:
     """A deadlock or serialization failure: the one-by-one path's small transactions get through."""
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) in RETRYABLE_SQLSTATES
+    return sqlstate_of(exc) in RETRYABLE_SQLSTATES
 
 
 async def enqueue_dead_letter(session: AsyncSession, record: Any, *, consumer: str, error: str) -> None:

@@ -131,12 +131,17 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
+def sqlstate_of(exc: BaseException) -> str:
+    """The SQLSTATE of the driver error a SQLAlchemy error wraps ("" when there is none)."""
+    return str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """True when the database is unreachable, restarting, or asked for the transaction to be retried,
     rather than the request being wrong."""
     if isinstance(exc, OperationalError | InterfaceError):
         return True
-    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    sqlstate = sqlstate_of(exc)
     if isinstance(exc, DBAPIError) and (
         sqlstate in RETRYABLE_SQLSTATES or sqlstate in UNAVAILABLE_SQLSTATES or sqlstate.startswith("08")
     ):
