@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.commands import CommandResult
 from schemas.events import CaseEvent, EventSource, event_name, new_event
 from schemas.referral import FieldError, KafkaReferralSubmission, ReferralSubmission, RejectedSubmission
-from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED
+from schemas.topics import REFERRALS_REJECTED
 from services.intake import tables
 from services.intake.domain import (
     VILLAGE,
@@ -29,7 +29,7 @@ from services.intake.domain import (
 )
 from services.shared.directory import StationRow, User
 from services.shared.logging import bind_message_context, get_logger
-from services.shared.outbox import NOTIFY_CHANNEL, emit_case_events, enqueue
+from services.shared.outbox import NOTIFY_CHANNEL, case_event_message, emit_case_events, enqueue
 from services.shared.time import utc_now
 
 log = get_logger(__name__)
@@ -94,45 +94,21 @@ async def accept_submission(
     """
     case_id = str(uuid.uuid4())
     ref = resident_ref(submission.resident, key=resident_key)
-    category, risk = str(submission.category), str(submission.risk_level)
     # Built for a village room; written only if the room is one (the statement checks).
-    event = new_event(
-        "received",
-        source=SOURCE,
-        data={
-            "case_id": case_id,
-            "status": "received",
-            "tier": VILLAGE,
-            "station_id": submission.room_id,
-            "category": category,
-            "risk_level": risk,
-            "resident_ref": ref,
-            "room_id": submission.room_id,
-            "submitted_by": submitted_by,
-            "sequence": 1,
-        },
-    )
+    where = {"case_id": case_id, "room_id": submission.room_id, "tier": VILLAGE, "submitted_by": submitted_by}
+    data = _received_data(submission, **where, ref=ref)
+    message = case_event_message(new_event("received", source=SOURCE, data={**data, "sequence": 1}))
     row = (
         await session.execute(
             _ACCEPT,
-            {
-                "room_id": submission.room_id,
-                "tier": VILLAGE,
+            _case_row(submission, **where, ref=ref)
+            | {
                 "source": idempotency_source,
                 "key": idempotency_key,
-                "case_id": case_id,
-                "submitted_by": submitted_by,
-                "category": category,
-                "risk_level": risk,
-                "summary": submission.summary,
-                "resident": submission.resident.model_dump_json(),
-                "consent": submission.consent.model_dump_json(),
-                "resident_ref": ref,
-                "occurred_at": submission.occurred_at,
-                "topic": CASE_EVENTS,
-                "event_key": event.subject.encode(),
-                "payload": event.model_dump_json().encode(),
-                "headers": json.dumps({"ce_type": event.type, "ce_id": str(event.id)}),
+                "topic": message.topic,
+                "event_key": case_id.encode(),
+                "payload": message.payload,
+                "headers": json.dumps(message.headers),
             },
         )
     ).one()
@@ -143,7 +119,7 @@ async def accept_submission(
         existing = await session.scalar(_EARLIER_CASE, {"source": idempotency_source, "key": idempotency_key})
         return Accepted(case_id=str(existing), created=False)
     bind_message_context(case_id=case_id)
-    log.debug("intake.case_received", category=category, risk=risk)
+    log.debug("intake.case_received", category=data["category"], risk=data["risk_level"])
     return Accepted(case_id=case_id, created=True)
 
 
@@ -321,8 +297,9 @@ async def accept_kafka_submissions(
         submission, case_id = fresh[key]
         room = rooms[submission.room_id]
         ref = resident_ref(submission.resident, key=resident_key)
-        rows.append(_case_row(submission, case_id=case_id, room=room, submitted_by=submission.submitted_by, ref=ref))
-        events.append(("received", _received_data(submission, case_id=case_id, room=room, ref=ref)))
+        where = {"case_id": case_id, "room_id": room.id, "tier": room.tier, "submitted_by": submission.submitted_by}
+        rows.append(_case_row(submission, **where, ref=ref))
+        events.append(("received", _received_data(submission, **where, ref=ref)))
         accepted.append(Accepted(case_id=case_id, created=True))
         log.debug("intake.case_received", case_id=case_id, category=str(submission.category))
     if rows:
@@ -357,11 +334,12 @@ _INSERT_CASES = text(
 
 
 def _case_row(
-    submission: KafkaReferralSubmission, *, case_id: str, room: StationRow, submitted_by: str, ref: str
+    submission: ReferralSubmission, *, case_id: str, room_id: str, tier: str, submitted_by: str, ref: str
 ) -> dict[str, Any]:
+    """A new case's intake.cases row (JSON columns as text), as the insert statements bind it."""
     return {
         "case_id": case_id,
-        "room_id": room.id,
+        "room_id": room_id,
         "submitted_by": submitted_by,
         "category": str(submission.category),
         "risk_level": str(submission.risk_level),
@@ -371,22 +349,25 @@ def _case_row(
         "resident_ref": ref,
         "occurred_at": submission.occurred_at,
         "status": "received",
-        "tier": room.tier,
-        "station_id": room.id,
+        "tier": tier,
+        "station_id": room_id,
     }
 
 
-def _received_data(submission: KafkaReferralSubmission, *, case_id: str, room: StationRow, ref: str) -> dict[str, Any]:
+def _received_data(
+    submission: ReferralSubmission, *, case_id: str, room_id: str, tier: str, submitted_by: str, ref: str
+) -> dict[str, Any]:
+    """The data of a new case's `received` event."""
     return {
         "case_id": case_id,
         "status": "received",
-        "tier": room.tier,
-        "station_id": room.id,
+        "tier": tier,
+        "station_id": room_id,
         "category": str(submission.category),
         "risk_level": str(submission.risk_level),
         "resident_ref": ref,
-        "room_id": room.id,
-        "submitted_by": submission.submitted_by,
+        "room_id": room_id,
+        "submitted_by": submitted_by,
     }
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.events import STATUS_AFTER, CaseReceived
 from services.router import tables
 from services.router.domain import CaseFacts, Network
-from services.router.handlers import SOURCE, load_network, row_from_state
+from services.router.handlers import SOURCE, decision_events, load_network, row_from_state
 from services.router.lifecycle import Context, Decision, admit
 from services.router.policy import Policy
 from services.shared.consuming import OneByOne
@@ -122,7 +122,9 @@ async def route_received_batch(
     else:
         raise OneByOne("capacity kept changing under the batch's snapshots")
     await _store(session, placed)
-    await emit_case_events(session, [event for _, decision in placed for event in _events(decision)], source=SOURCE)
+    events = [event for _, decision in placed for event in decision_events(decision)]
+    assert all(STATUS_AFTER[name] is not None for name, _ in events), "a received case's events all move it"
+    await emit_case_events(session, events, source=SOURCE)
     for _, decision in placed:
         state = decision.state
         log.debug("router.case_routed", case_id=state.facts.case_id, rule=state.rule, status=state.status)
@@ -180,20 +182,3 @@ async def _store(session: AsyncSession, placed: list[tuple[CaseReceived, Decisio
     ]
     if offers:
         await session.execute(tables.offers.insert(), offers)
-
-
-def _events(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
-    facts = decision.state.facts
-    common = {
-        "case_id": facts.case_id,
-        "category": facts.category,
-        "risk_level": facts.risk_level,
-        "resident_ref": facts.resident_ref,
-    }
-    events = []
-    for event in decision.events:
-        status = STATUS_AFTER[event.name]
-        assert status is not None, "a received case's events all move it"
-        data = {**common, **event.fields, "status": status.value, "tier": event.tier, "station_id": event.station_id}
-        events.append((event.name, data))
-    return events

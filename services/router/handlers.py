@@ -3,11 +3,12 @@ concurrency-safely, store the new state and emit its events through the outbox.
 
 Lock order, the same everywhere so concurrent routers cannot deadlock on a case: the case's row in
 router.cases (FOR UPDATE), then worker_load rows (conditional UPDATEs), then the case's head in
-shared.case_heads (taken by emit_case_event).
+shared.case_heads (taken by emit_case_events).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from services.router.lifecycle import Actor, CaseState, CommandRefused, Context,
 from services.router.policy import Policy
 from services.shared.directory import get_user
 from services.shared.logging import get_logger
-from services.shared.outbox import emit_case_event, emit_case_events, enqueue
+from services.shared.outbox import emit_case_events, enqueue
 from services.shared.tables import stations, users
 from services.shared.time import utc_now
 
@@ -281,7 +282,9 @@ async def _store(
         )
 
 
-async def _emit(session: AsyncSession, decision: Decision) -> None:
+def decision_events(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
+    """A decision's events as (name, data) for `emit_case_events`: the case's facts, the event's
+    fields and, for an event that moves the case, its status, tier and station after it."""
     facts = decision.state.facts
     common = {
         "case_id": facts.case_id,
@@ -296,11 +299,15 @@ async def _emit(session: AsyncSession, decision: Decision) -> None:
         if status is not None:
             data |= {"status": status.value, "tier": event.tier, "station_id": event.station_id}
         events.append((event.name, data))
-    if all(STATUS_AFTER[name] is not None for name, _ in events):
-        await emit_case_events(session, events, source=SOURCE)  # three statements for all of them
-        return
-    for name, data in events:  # sla_* take their position from the case head, one at a time
-        await emit_case_event(session, name, source=SOURCE, data=data)
+    return events
+
+
+async def _emit(session: AsyncSession, decision: Decision) -> None:
+    # Events that move the case and events that keep it (sla_*, which take their position from
+    # the case head) are emitted in separate calls: each run of one kind in one, in order.
+    runs = itertools.groupby(decision_events(decision), key=lambda event: STATUS_AFTER[event[0]] is not None)
+    for _, run in runs:
+        await emit_case_events(session, list(run), source=SOURCE)
 
 
 async def route_received_case(session: AsyncSession, event: CaseReceived, *, policy: Policy) -> Decision:

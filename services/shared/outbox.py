@@ -20,15 +20,14 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
-from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import STATUS_AFTER, CaseEvent, EventSource, new_event
 from schemas.topics import CASE_EVENTS
 from services.shared.db import asyncpg_dsn
 from services.shared.logging import get_logger
-from services.shared.tables import case_heads, outbox
+from services.shared.tables import outbox
 
 log = get_logger(__name__)
 
@@ -53,52 +52,6 @@ async def enqueue(
     await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
-async def _advance_head(session: AsyncSession, data: dict[str, Any], *, moves_case: bool) -> dict[str, Any]:
-    """Take the case's next sequence number and return the data completed with it.
-
-    The upsert locks the case's head row until commit, so a second transaction emitting for the
-    same case waits here: sequences are gap-free (a rollback returns the number) and commit in order.
-    """
-    heads = case_heads.c
-    if moves_case:
-        position = {"status": str(data["status"]), "tier": str(data["tier"]), "station_id": data["station_id"]}
-        statement = (
-            pg_insert(case_heads)
-            .values(case_id=data["case_id"], last_sequence=1, **position)
-            .on_conflict_do_update(
-                index_elements=[heads.case_id], set_={"last_sequence": heads.last_sequence + 1, **position}
-            )
-            .returning(heads.last_sequence)
-        )
-        return {**data, "sequence": int((await session.execute(statement)).scalar_one())}
-    keep = (
-        update(case_heads)
-        .where(heads.case_id == data["case_id"])
-        .values(last_sequence=heads.last_sequence + 1)
-        .returning(heads.last_sequence, heads.status, heads.tier, heads.station_id)
-    )
-    row = (await session.execute(keep)).one()
-    return {**data, "sequence": row.last_sequence, "status": row.status, "tier": row.tier, "station_id": row.station_id}
-
-
-async def emit_case_event(session: AsyncSession, name: str, *, source: EventSource, data: dict[str, Any]) -> CaseEvent:
-    """Build the next event of a case and put it in the outbox.
-
-    The sequence is assigned here. For events that keep the case where it is (notified, sla_*),
-    status, tier and station are taken from the case's head and need not be given.
-    """
-    data = await _advance_head(session, data, moves_case=STATUS_AFTER[name] is not None)
-    event = new_event(name, source=source, data=data)
-    await enqueue(
-        session,
-        topic=CASE_EVENTS,
-        key=event.subject,
-        payload=event.model_dump_json().encode(),
-        headers={"ce_type": event.type, "ce_id": str(event.id)},
-    )
-    return event
-
-
 # One statement text whatever the batch size, so asyncpg prepares it once per connection.
 _ENQUEUE_MANY = text(
     "INSERT INTO shared.outbox (topic, key, payload, headers) "
@@ -116,6 +69,13 @@ class OutboxMessage:
     key: str | bytes | None
     payload: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def case_event_message(event: CaseEvent) -> OutboxMessage:
+    """A case event as the outbox publishes it: keyed by its case, its type and id in headers."""
+    return OutboxMessage(
+        CASE_EVENTS, event.subject, event.model_dump_json().encode(), {"ce_type": event.type, "ce_id": str(event.id)}
+    )
 
 
 async def enqueue_many(session: AsyncSession, messages: Sequence[OutboxMessage]) -> None:
@@ -155,9 +115,10 @@ _ADVANCE_KEPT_HEADS = text(
 async def emit_case_events(
     session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]], *, source: EventSource
 ) -> list[CaseEvent]:
-    """`emit_case_event` for many events in a few statements; a case's events get consecutive
-    sequences in the order given. Either every event moves its case (STATUS_AFTER is not None), or
-    none does (notified, sla_*: status, tier and station are then taken from the case's head).
+    """Build the next events of cases, in a few statements, and put them in the outbox; a case's
+    events get consecutive sequences in the order given. Either every event moves its case
+    (STATUS_AFTER is not None), or none does (notified, sla_*: status, tier and station are then
+    taken from the case's head and need not be given).
 
     The heads are locked in case-id order, so two such batches lock shared heads in the same
     order; the row locks keep sequences gap-free and in commit order, as for one event.
@@ -200,18 +161,7 @@ async def emit_case_events(
         sequence = next_sequence[case_id]
         next_sequence[case_id] = sequence + 1
         built.append(new_event(name, source=source, data={**data, **place.get(case_id, {}), "sequence": sequence}))
-    await enqueue_many(
-        session,
-        [
-            OutboxMessage(
-                CASE_EVENTS,
-                event.subject,
-                event.model_dump_json().encode(),
-                {"ce_type": event.type, "ce_id": str(event.id)},
-            )
-            for event in built
-        ],
-    )
+    await enqueue_many(session, [case_event_message(event) for event in built])
     return built
 
 
