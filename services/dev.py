@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.shared.embedded import EmbeddedInfrastructure, die_with_parent, start_infrastructure
+from services.shared.embedded import TANSU_ENV, EmbeddedInfrastructure, die_with_parent, start_infrastructure
 from services.shared.logging import get_logger
 from services.shared.settings import Settings
 
@@ -66,8 +66,8 @@ def _service_env(settings: Settings, infra: EmbeddedInfrastructure, args: argpar
         CASELINK_LOG_FORMAT=os.environ.get("CASELINK_LOG_FORMAT", "console"),
     )
     if not settings.kafka_bootstrap:
-        # Tansu rejects InitProducerId, so idempotent producers are off on the embedded broker.
-        env["CASELINK_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+        for name, value in TANSU_ENV.items():
+            env.setdefault(name, value)
     if args.policy:
         env["CASELINK_POLICY"] = str(args.policy.resolve())
     return env

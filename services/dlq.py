@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.topics import DLQ_SUFFIX, TOPIC_PARTITIONS
-from services.shared.kafka import client_security, log_ends, make_producer
+from services.shared.kafka import consumer_options, log_ends, make_producer
 from services.shared.settings import Settings
 
 REPLAY_GROUP = "caselink-dlq-replay"
@@ -113,7 +113,7 @@ async def read_dead_letters(
         client_id=f"{settings.kafka_client_id}-dlq-replay",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **client_security(settings),
+        **consumer_options(settings),
     )
     await consumer.start()
     partitions = consumer.partitions_for_topic(dlq_topic)

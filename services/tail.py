@@ -184,7 +184,7 @@ async def run_tail(
     """Print case events until `stop` is set, or SIGINT / SIGTERM arrives."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from services.shared.kafka import client_security, log_ends
+    from services.shared.kafka import consumer_options, log_ends
 
     out = out or sys.stdout
     event_filter = event_filter or EventFilter()
@@ -198,7 +198,7 @@ async def run_tail(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        **client_security(settings),
+        **consumer_options(settings),
     )
     try:
         await consumer.start()

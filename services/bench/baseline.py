@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.bench.stats import LatencySummary, Throughput, throughput
 from services.shared.embedded import die_with_parent
-from services.shared.kafka import client_security, make_producer
+from services.shared.kafka import client_security, consumer_options, make_producer
 from services.shared.settings import Settings, get_settings
 
 PARTITIONS = 12  # as caselink.referrals.submitted and caselink.case.events
@@ -125,7 +125,11 @@ async def _start_forwarder(
     settings: Settings, bootstrap: str, source: str, target: str, total: int
 ) -> asyncio.subprocess.Process:
     """A forwarder child process; returns once it consumes (it prints `ready`)."""
-    env = {**os.environ, "CASELINK_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower()}
+    env = {
+        **os.environ,
+        "CASELINK_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
+        "CASELINK_KAFKA_FETCH_MAX_WAIT_MS": str(settings.kafka_fetch_max_wait_ms),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.bench.baseline", bootstrap, source, target, str(total),
         env=env, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,
@@ -168,7 +172,7 @@ def _consumer(settings: Settings, bootstrap: str) -> AIOKafkaConsumer:
         client_id="caselink-bench",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **client_security(settings),
+        **consumer_options(settings),
     )
 
 

@@ -27,7 +27,7 @@ from services.bench.ledger import CaseLedger
 from services.bench.stats import LatencySummary, Throughput, per_second, throughput
 from services.bench.workload import Submission
 from services.shared.db import create_engine
-from services.shared.kafka import client_security
+from services.shared.kafka import consumer_options
 from services.shared.settings import Settings
 
 Progress = Callable[[int, int], None]  # (published, settled)
@@ -61,7 +61,7 @@ class EventWatcher:
             client_id="caselink-bench-watch",
             enable_auto_commit=False,
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            **client_security(self._settings),
+            **consumer_options(self._settings),
         )
         await consumer.start()
         partitions = [TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS[topic])]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.shared.embedded import EmbeddedInfrastructure, die_with_parent, free_port
+from services.shared.embedded import TANSU_ENV, TANSU_SETTINGS, EmbeddedInfrastructure, die_with_parent, free_port
 from services.shared.network import NetworkFile
 from services.shared.settings import Settings
 
@@ -49,11 +49,20 @@ async def prepare_database_and_topics(
         await engine.dispose()
 
 
+# On the embedded Tansu a fetch of an empty partition waits this long whatever arrives meanwhile:
+# the bench trades idle CPU for latency (each of a case's four hops waits up to this).
+BENCH_FETCH_MAX_WAIT_MS = 20
+BENCH_TANSU_ENV = TANSU_ENV | {"CASELINK_KAFKA_FETCH_MAX_WAIT_MS": str(BENCH_FETCH_MAX_WAIT_MS)}
+
+
 def client_settings(settings: Settings) -> Settings:
-    """The bench's own Kafka clients' settings: idempotence off on the embedded broker (Tansu rejects it)."""
+    """The bench's own Kafka clients' settings: on the embedded broker, TANSU_SETTINGS with the
+    bench's fetch wait (unless CASELINK_KAFKA_FETCH_MAX_WAIT_MS says otherwise)."""
     if settings.kafka_bootstrap:
         return settings
-    return settings.model_copy(update={"kafka_enable_idempotence": False})
+    chosen = "CASELINK_KAFKA_FETCH_MAX_WAIT_MS" in os.environ
+    wait = settings.kafka_fetch_max_wait_ms if chosen else BENCH_FETCH_MAX_WAIT_MS
+    return settings.model_copy(update=TANSU_SETTINGS | {"kafka_fetch_max_wait_ms": wait})
 
 
 @dataclass
@@ -85,7 +94,8 @@ class ServiceProcesses:
             CASELINK_LOG_FORMAT=os.environ.get("CASELINK_LOG_FORMAT", "json"),
         )
         if not self.settings.kafka_bootstrap:
-            env["CASELINK_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+            for name, value in BENCH_TANSU_ENV.items():
+                env.setdefault(name, value)
         if self.policy is not None:
             env["CASELINK_POLICY"] = str(self.policy.resolve())
         return env

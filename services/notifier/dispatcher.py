@@ -28,7 +28,7 @@ from services.notifier.channels import Channel, channel_for
 from services.notifier.domain import Job, RetryPolicy, after_send, push_for, sending_groups
 from services.notifier.handlers import Sent, claim_due, origins_of, record_sends
 from services.shared.db import is_transient_db_error, transaction
-from services.shared.kafka import client_security
+from services.shared.kafka import consumer_options
 from services.shared.logging import get_logger
 from services.shared.settings import Settings
 from services.shared.time import utc_now
@@ -223,7 +223,7 @@ def kafka_origin_reader(settings: Settings, bootstrap: str) -> OriginReader:
     async def read(origin: str) -> tuple[bytes | None, bytes] | None:
         topic, partition, offset = origin.rsplit("/", 2)
         where = TopicPartition(topic, int(partition))
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client_security(settings))
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **consumer_options(settings))
         try:
             await consumer.start()
             consumer.assign([where])

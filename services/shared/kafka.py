@@ -106,6 +106,11 @@ def client_security(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """The options of every aiokafka consumer: security, and how long a fetch may wait for records."""
+    return {**client_security(settings), "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms}
+
+
 def _faststream_security(settings: Settings) -> BaseSecurity | None:
     """The same security settings in FastStream's form."""
     protocol = settings.kafka_security_protocol

@@ -54,6 +54,7 @@ class Runtime:
             "auto_offset_reset": self.settings.kafka_auto_offset_reset,
             # Commit only after the handler's transaction committed; on error re-read the same offset.
             "ack_policy": AckPolicy.NACK_ON_ERROR,
+            "fetch_max_wait_ms": self.settings.kafka_fetch_max_wait_ms,
         }
 
     async def start(self) -> None:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(default=None, description="PEM key of the client certificate")
     kafka_ssl_check_hostname: bool = Field(default=True, description="check the broker's name against its certificate")
     kafka_linger_ms: int = 5
+    # Apache Kafka answers a fetch as soon as records arrive; Tansu only when this much time passed
+    # (each hop then waits ~half of it), so the embedded stack uses 20.
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000, description="longest a fetch waits for records")
     kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
     http_host: str = "127.0.0.1"

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED
 from services.shared.demo import demo_network
-from services.shared.embedded import free_port
+from services.shared.embedded import TANSU_ENV, free_port
 from tests.support.webhook_receiver import Receiver
 
 STARTUP_TIMEOUT = 90.0
@@ -45,6 +45,7 @@ class Stack:
             **os.environ,
             "CASELINK_DATABASE_URL": self.database_url,
             "CASELINK_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            **TANSU_ENV,
         }
         done = subprocess.run(
             [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=60

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.commands import CaseCommand, CommandAction
 from schemas.topics import CASE_COMMANDS, REFERRALS_SUBMITTED
 from services.shared.db import asyncpg_dsn
-from services.shared.embedded import EmbeddedInfrastructure, die_with_parent, free_port, start_infrastructure
+from services.shared.embedded import TANSU_ENV, EmbeddedInfrastructure, die_with_parent, free_port, start_infrastructure
 from services.shared.kafka import create_topics
 from services.shared.migrate import upgrade_async
 from services.shared.settings import Settings
@@ -168,8 +168,7 @@ class RouterHarness:
         env.update(
             CASELINK_DATABASE_URL=self.database_url,
             CASELINK_KAFKA_BOOTSTRAP=self.kafka_bootstrap,
-            # Tansu rejects InitProducerId.
-            CASELINK_KAFKA_ENABLE_IDEMPOTENCE="false",
+            **TANSU_ENV,
             CASELINK_POLICY=str(self.policy_file),
             CASELINK_LOG_FORMAT="json",
             CASELINK_ROUTER_SWEEP_INTERVAL=str(SWEEP_INTERVAL),

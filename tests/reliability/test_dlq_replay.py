@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from schemas.topics import CASE_COMMAND_RESULTS, REFERRALS_SUBMITTED, dlq
 from services.dlq import DeadLetter, dlq_topic_of, origin_of, plan_replays, resume_positions
+from services.shared.embedded import TANSU_ENV
 from tests.integration.conftest import Stack, TopicLog
 from tests.support.api_client import ROOM
 
@@ -75,11 +76,14 @@ def test_a_limit_stops_the_run_and_the_next_run_starts_at_the_first_letter_left(
 
 def replay(stack: Stack, *args: str) -> str:
     """`caselink dlq replay …` against the stack (whose broker, Tansu, refuses idempotent producers)."""
-    env = os.environ | {
-        "CASELINK_DATABASE_URL": stack.database_url,
-        "CASELINK_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-        "CASELINK_KAFKA_ENABLE_IDEMPOTENCE": "false",
-    }
+    env = (
+        os.environ
+        | {
+            "CASELINK_DATABASE_URL": stack.database_url,
+            "CASELINK_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        }
+        | TANSU_ENV
+    )
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "dlq", "replay", *args], env=env, capture_output=True, text=True,
         timeout=60,
