@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import SessionTransaction
 
 from schemas.events import STATUS_AFTER, CaseReceived
 from services.router import tables
@@ -40,7 +41,18 @@ _DIRECTORY_VERSION = text(
     "SELECT (SELECT count(*) FROM shared.users), (SELECT max(updated_at) FROM shared.users), "
     "(SELECT count(*) FROM shared.stations), (SELECT max(updated_at) FROM shared.stations)"
 )
-_LOADS = text("SELECT worker_id, load, idle_since FROM router.worker_load")
+# The oldest transaction a statement's snapshot does not see as committed, its own included: a
+# row written later, or by a transaction open then (this one too, which may still roll back), has
+# changed_by >= it.
+_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_SNAPSHOT_XMIN = text(f"SELECT {_XMIN}")
+# The loads written since the last look, and those this router wrote or added to in a transaction
+# that may have rolled back (the rows are then as they were, changed_by too), with the new xmin;
+# one statement, so one snapshot, even with no rows.
+_CHANGED_LOADS = text(
+    f"WITH s AS (SELECT {_XMIN} AS xmin) SELECT s.xmin, w.worker_id, w.load, w.idle_since FROM s "
+    "LEFT JOIN router.worker_load w ON w.changed_by >= :since OR w.worker_id = ANY(CAST(:touched AS text[]))"
+)
 _ROUTED_ALREADY = text("SELECT case_id FROM router.cases WHERE case_id = ANY(CAST(:ids AS text[]))")
 _SERVED_BEFORE = text(
     "SELECT DISTINCT resident_ref, worker_id FROM router.offers "
@@ -59,8 +71,9 @@ _RESERVE = text(
 
 class LiveNetwork:
     """The network a router keeps between batches: stations and workers reloaded only when the
-    directory changed, loads re-read at the start of every batch, this batch's offers applied as
-    they are decided (so two cases of one batch see each other's load).
+    directory changed, loads brought up to date at the start of every batch (only those written
+    since the last look, by changed_by), this batch's offers applied as they are decided (so two
+    cases of one batch see each other's load).
 
     The snapshot is this object's alone and is updated in place; a caller reads it only until
     its next await (decisions are synchronous), so nobody sees it change under them."""
@@ -68,21 +81,39 @@ class LiveNetwork:
     def __init__(self) -> None:
         self._network: Network | None = None
         self._version: tuple[Any, ...] | None = None
+        self._since = 0  # the xmin of the snapshot the loads were last read in
+        # Workers each transaction wrote, or gave load in the snapshot alone: re-read at every
+        # refresh until another transaction read them after this one ended (the command
+        # consumer's transactions run side by side on one LiveNetwork).
+        self._touched: dict[SessionTransaction, set[str]] = {}
+        self._transaction: SessionTransaction | None = None  # the one that refreshed last
 
     async def refresh(self, session: AsyncSession) -> Network:
         """A snapshot as fresh as this transaction can see (two cheap statements, or a full load)."""
         version = tuple((await session.execute(_DIRECTORY_VERSION)).one())
+        transaction = session.sync_session.get_transaction()  # begun by now
+        ended = [t for t in self._touched if t is not transaction and not t.is_active]
         if self._network is None or version != self._version:
+            # The xmin first: whatever the load below misses was written at or after it.
+            self._since = (await session.execute(_SNAPSHOT_XMIN)).scalar_one()
             self._network, self._version = await load_network(session), version
         else:
-            rows = await session.execute(_LOADS)
-            self._network.update_loads_in_place({row.worker_id: (row.load, row.idle_since) for row in rows})
+            touched = sorted(set().union(*self._touched.values()))
+            rows = (await session.execute(_CHANGED_LOADS, {"since": self._since, "touched": touched})).all()
+            self._since = rows[0].xmin
+            changed = {row.worker_id: (row.load, row.idle_since) for row in rows if row.worker_id is not None}
+            self._network.update_loads_in_place(changed)
+        for done in ended:  # their rows, committed or rolled back, were just read as they are
+            del self._touched[done]
+        self._transaction = transaction
         return self._network
 
     def add_load(self, worker_id: str, weight: int) -> Network:
         """The snapshot with `weight` more on the worker (an offer this batch made)."""
         assert self._network is not None, "refresh() first"
         worker = self._network.worker(worker_id)
+        assert self._transaction is not None
+        self._touched.setdefault(self._transaction, set()).add(worker_id)
         if worker is not None:
             self._network.update_loads_in_place({worker_id: (worker.load + weight, worker.idle_since)})
         return self._network
@@ -91,8 +122,10 @@ class LiveNetwork:
         """NetworkCache's interface for decide_and_apply: a refreshed snapshot every time."""
         return await self.refresh(session)
 
-    def invalidate(self) -> None:
-        """Nothing to drop: the next `get` re-reads the loads anyway."""
+    def invalidate(self, session: AsyncSession, *worker_ids: str) -> None:
+        """The session's transaction wrote these workers' rows: re-read them even if it rolls back."""
+        if (transaction := session.sync_session.get_transaction()) is not None:
+            self._touched.setdefault(transaction, set()).update(worker_ids)
 
 
 async def route_received_batch(

@@ -182,7 +182,7 @@ class NetworkSource(Protocol):
 
     async def get(self, session: AsyncSession) -> Network: ...
 
-    def invalidate(self) -> None: ...
+    def invalidate(self, session: AsyncSession, *worker_ids: str) -> None: ...
 
 
 class NetworkCache:
@@ -200,8 +200,8 @@ class NetworkCache:
             self._network = await load_network(session)
         return self._network
 
-    def invalidate(self) -> None:
-        """Forget the snapshot: loads changed."""
+    def invalidate(self, session: AsyncSession, *worker_ids: str) -> None:
+        """Forget the snapshot: the session wrote these workers' loads."""
         self._network = None
 
 
@@ -230,10 +230,10 @@ async def decide_and_apply(
         if decision.release is not None and decision.release != released:
             await release_capacity(session, decision.release, decision.state.need.weight)
             released = decision.release
-            networks.invalidate()
+            networks.invalidate(session, decision.release)
         if decision.offer is None:
             break
-        networks.invalidate()
+        networks.invalidate(session, decision.offer.worker_id)
         if await reserve_capacity(session, decision.offer):
             break
     else:

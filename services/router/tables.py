@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, Table, Text, func
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, Table, Text, func, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from services.shared.db import metadata
@@ -56,6 +56,9 @@ worker_load = Table(
     Column("load", Integer, nullable=False, server_default="0"),
     Column("idle_since", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The id of the transaction that last wrote the row (a trigger stamps it): a router re-reads
+    # only the loads changed since its last look (see LiveNetwork).
+    Column("changed_by", BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text::bigint)")),
     schema="router",
 )
 

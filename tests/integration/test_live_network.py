@@ -1,0 +1,209 @@
+"""LiveNetwork (services/router/batch.py) on a real PostgreSQL: after its first full load a router
+re-reads only the worker loads written since (by `changed_by`, the writer's transaction id) and the
+workers it touched itself (`add_load`, `invalidate`), so
+
+- loads committed by others after a refresh, or in flight during it, are seen by the next one;
+- a refresh re-reads only the changed rows;
+- a rolled-back transaction's snapshot-only load (`add_load`) or row write (`invalidate`) is undone
+  by the next transaction's refresh, although the rolled-back row keeps its old `changed_by`,
+  also when other transactions refreshed the same LiveNetwork meanwhile (commands run side by side);
+- a change in the directory (`caselink network load`) reloads the whole network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from services.router.batch import LiveNetwork
+from services.router.domain import Network, Worker
+from services.shared import directory
+from services.shared.db import asyncpg_dsn, session_factory, transaction
+from services.shared.embedded import start_postgres
+from services.shared.migrate import upgrade_async
+from services.shared.network import parse_network
+from tests.support.network_builder import NetworkBuilder
+
+pytestmark = pytest.mark.integration
+
+WORKERS = ("w1", "w2", "w3")
+BASE_LOAD = 1
+_ADD_LOAD = text("UPDATE router.worker_load SET load = load + :n WHERE worker_id = :w")
+
+
+def build_network(*, w1_capacity: int = 10, extra_worker: bool = False) -> NetworkBuilder:
+    net = NetworkBuilder()
+    net.station("M-LN", "city")
+    township = net.subtree("LN", city="M-LN").townships[0]
+    for worker_id in WORKERS:
+        net.worker(worker_id, township, ["elderly_care"], capacity=w1_capacity if worker_id == "w1" else 10)
+    if extra_worker:
+        net.worker("w4", township, ["elderly_care"])
+    return net
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, url = start_postgres(tmp_path_factory.mktemp("live-network"))
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    # No autovacuum: its ANALYZE takes a transaction id, and one in flight during a refresh holds
+    # the snapshot's xmin back, so that refresh re-reads a few unchanged rows too (harmless, but
+    # it would make the "only changed rows" assertions flaky).
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute("ALTER SYSTEM SET autovacuum = off")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+    await upgrade_async(database_url)
+    engine = create_async_engine(database_url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def live(sessions: async_sessionmaker[AsyncSession]) -> LiveNetwork:
+    """A new router's LiveNetwork, on the base network with every worker at BASE_LOAD."""
+    await load_directory(sessions, build_network())
+    async with transaction(sessions) as session:
+        await session.execute(text("UPDATE router.worker_load SET load = :n"), {"n": BASE_LOAD})
+    return LiveNetwork()
+
+
+@pytest.fixture
+def reread(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
+    """The workers of every load update applied to a snapshot: for a refresh, the rows it re-read."""
+    calls: list[set[str]] = []
+    original = Network.update_loads_in_place
+
+    def spy(self: Network, loads: Mapping[str, tuple[int, datetime | None]]) -> None:
+        calls.append(set(loads))
+        original(self, loads)
+
+    monkeypatch.setattr(Network, "update_loads_in_place", spy)
+    return calls
+
+
+async def load_directory(sessions: async_sessionmaker[AsyncSession], net: NetworkBuilder) -> None:
+    """What `caselink network load` does."""
+    async with transaction(sessions) as session:
+        await directory.load_network(session, parse_network(net.dump_yaml()))
+
+
+async def refresh(sessions: async_sessionmaker[AsyncSession], live: LiveNetwork) -> Network:
+    """One router transaction that only refreshes, and commits."""
+    async with transaction(sessions) as session:
+        return await live.refresh(session)
+
+
+async def add_committed_load(sessions: async_sessionmaker[AsyncSession], worker_id: str, n: int) -> None:
+    """Another replica's transaction moving a worker's load, committed."""
+    async with transaction(sessions) as session:
+        await session.execute(_ADD_LOAD, {"w": worker_id, "n": n})
+
+
+def worker(network: Network, worker_id: str) -> Worker:
+    found = network.worker(worker_id)
+    assert found is not None, f"no worker {worker_id} in the snapshot"
+    return found
+
+
+def loads(network: Network) -> dict[str, int]:
+    return {w: worker(network, w).load for w in WORKERS}
+
+
+async def test_a_load_committed_after_a_refresh_is_seen_by_the_next(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    await refresh(sessions, live)
+    await add_committed_load(sessions, "w1", 3)
+    assert loads(await refresh(sessions, live)) == {"w1": BASE_LOAD + 3, "w2": BASE_LOAD, "w3": BASE_LOAD}
+
+
+async def test_a_load_in_flight_during_a_refresh_is_seen_by_the_next_once_committed(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    await refresh(sessions, live)
+    async with transaction(sessions) as other:
+        await other.execute(_ADD_LOAD, {"w": "w2", "n": 3})  # its transaction id is taken now
+        await add_committed_load(sessions, "w3", 1)  # a later transaction id, committed first
+        assert loads(await refresh(sessions, live)) == {"w1": BASE_LOAD, "w2": BASE_LOAD, "w3": BASE_LOAD + 1}
+    assert loads(await refresh(sessions, live))["w2"] == BASE_LOAD + 3
+
+
+async def test_a_refresh_rereads_only_the_changed_rows(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork, reread: list[set[str]]
+) -> None:
+    await refresh(sessions, live)  # the full load
+    reread.clear()
+    await refresh(sessions, live)
+    await add_committed_load(sessions, "w3", 2)
+    network = await refresh(sessions, live)
+    assert reread == [set(), {"w3"}]
+    assert loads(network) == {"w1": BASE_LOAD, "w2": BASE_LOAD, "w3": BASE_LOAD + 2}
+
+
+async def test_a_rolled_back_add_load_is_undone_by_the_next_transaction(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork, reread: list[set[str]]
+) -> None:
+    async with sessions() as session, session.begin() as t1:
+        await live.refresh(session)
+        assert loads(live.add_load("w1", 2))["w1"] == BASE_LOAD + 2
+        await t1.rollback()  # the offer was never reserved
+    reread.clear()
+    assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
+    await refresh(sessions, live)
+    assert reread == [{"w1"}, set()]  # re-read once, by the first later transaction
+
+
+async def test_a_rolled_back_write_is_undone_by_the_next_transaction(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    async with sessions() as session, session.begin() as t1:
+        await live.refresh(session)
+        await session.execute(_ADD_LOAD, {"w": "w2", "n": 5})
+        live.invalidate(session, "w2")
+        assert loads(await live.refresh(session))["w2"] == BASE_LOAD + 5  # its own write
+        await t1.rollback()
+    assert loads(await refresh(sessions, live))["w2"] == BASE_LOAD
+
+
+async def test_a_rolled_back_write_is_undone_when_other_transactions_refreshed_meanwhile(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    """The command consumer's transactions share one LiveNetwork: another one's refresh between
+    this one's write and its rollback must not make the router forget to re-read the row."""
+    async with sessions() as session, session.begin() as t1:
+        await session.execute(_ADD_LOAD, {"w": "w1", "n": 5})
+        live.invalidate(session, "w1")  # written before this transaction's first refresh
+        await refresh(sessions, live)  # another command's transaction
+        assert loads(await live.refresh(session))["w1"] == BASE_LOAD + 5
+        await refresh(sessions, live)  # and another, while this one is still open
+        await t1.rollback()
+    assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
+    assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
+
+
+async def test_a_directory_change_reloads_the_network(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    network = await refresh(sessions, live)
+    assert worker(network, "w1").capacity == 10
+    assert network.worker("w4") is None
+    await load_directory(sessions, build_network(w1_capacity=4, extra_worker=True))
+    network = await refresh(sessions, live)
+    assert worker(network, "w1").capacity == 4
+    assert worker(network, "w4").load == 0
