@@ -27,9 +27,11 @@ def _run_intake(settings: Settings, args: argparse.Namespace) -> None:
 
 def _run_consumer_service(factory: Callable[[Settings], Any]) -> Callable[[Settings, argparse.Namespace], None]:
     def run(settings: Settings, args: argparse.Namespace) -> None:
+        import uvloop
+
         from services.shared.runtime import serve_until_signalled
 
-        asyncio.run(serve_until_signalled(lambda: factory(settings), ready_file=args.ready_file))
+        uvloop.run(serve_until_signalled(lambda: factory(settings), ready_file=args.ready_file))
 
     return run
 

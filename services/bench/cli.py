@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from services.shared.settings import Settings
 
 SCALES = ("full", "small")
@@ -84,7 +86,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         configure_logging(settings.model_copy(update={"log_level": "WARNING"}), service="bench")
     try:
-        return asyncio.run(_bench(settings, args))
+        return uvloop.run(_bench(settings, args))
     except KeyboardInterrupt:
         print("caselink bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
