@@ -64,7 +64,9 @@ def create_service(settings: Settings) -> Runtime:
             work=lambda session, batch: route_received_batch(
                 session, [d.item for d in batch], policy=policy, live=live
             ),
-            work_one=lambda d: lambda session: route_received_case(session, d.item, policy=policy),
+            # One by one (a batch that failed, e.g. capacity kept changing under it): still on the
+            # live snapshot, not a full network load per case.
+            work_one=lambda d: lambda session: route_received_case(session, d.item, policy=policy, networks=live),
         )
 
     @runtime.broker.subscriber(

@@ -310,8 +310,12 @@ async def _emit(session: AsyncSession, decision: Decision) -> None:
         await emit_case_events(session, list(run), source=SOURCE)
 
 
-async def route_received_case(session: AsyncSession, event: CaseReceived, *, policy: Policy) -> Decision:
-    """Route a newly received case and emit routed → escalated… → assigned | queued."""
+async def route_received_case(
+    session: AsyncSession, event: CaseReceived, *, policy: Policy, networks: NetworkSource | None = None
+) -> Decision:
+    """Route a newly received case and emit routed → escalated… → assigned | queued (on a fresh
+    snapshot of the network, or `networks`': the router's LiveNetwork, which costs a few changed
+    rows instead of the whole network per case)."""
     data = event.data
     facts = CaseFacts(
         case_id=data.case_id,
@@ -326,6 +330,7 @@ async def route_received_case(session: AsyncSession, event: CaseReceived, *, pol
         lambda ctx: admit(facts, ctx, received_at=event.time),
         policy=policy,
         resident_ref=facts.resident_ref,
+        networks=networks,
         received_at=event.time,
     )
     assert decision is not None, "a received case is always routed"
