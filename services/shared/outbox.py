@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import json
 import threading
@@ -207,7 +208,11 @@ class OutboxRelay:
     async def start(self) -> None:
         """Start the relay's thread; returns once its producer is connected (or raises why not)."""
         connected: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._thread_main, args=(connected,), name="outbox-relay", daemon=True)
+        # In a copy of this context: its log lines carry what the service bound (its name).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._thread_main, connected), name="outbox-relay", daemon=True
+        )
         self._thread.start()
         await asyncio.wrap_future(connected)
 
