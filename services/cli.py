@@ -19,10 +19,17 @@ def _run_intake(settings: Settings, args: argparse.Namespace) -> None:
 
     from services.intake.app import create_app
 
-    config = uvicorn.Config(
-        create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
-    )
-    uvicorn.Server(config).run()
+    options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port, "log_config": None}
+    if settings.http_workers == 1:
+        uvicorn.Server(uvicorn.Config(create_app(settings), access_log=False, **options)).run()
+    else:  # each worker process builds its own app (and logging) from the environment
+        uvicorn.run(
+            "services.intake.app:create_app_from_environment",
+            factory=True,
+            workers=settings.http_workers,
+            access_log=False,
+            **options,
+        )
 
 
 def _run_consumer_service(factory: Callable[[Settings], Any]) -> Callable[[Settings, argparse.Namespace], None]:

@@ -52,6 +52,9 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--rate-seconds", type=float, default=10.0, help="length of the fixed-rate phase (default 10)")
     bench.add_argument("--http-seconds", type=float, default=10.0, help="length of the HTTP phase (default 10)")
     bench.add_argument("--http-clients", type=int, default=32, help="concurrent HTTP clients (default 32)")
+    bench.add_argument(
+        "--intake-workers", type=int, default=1, help="intake processes behind the port (CASELINK_HTTP_WORKERS)"
+    )
     bench.add_argument("--replicas", type=_replicas, default=[1], help="router+notifier replica counts, e.g. 1,2")
     bench.add_argument("--network-scale", choices=SCALES, default="full", help="Jiujiang (full) or a tiny one")
     bench.add_argument("--seed", type=int, default=7, help="seed of the network and the referrals (default 7)")
@@ -109,7 +112,15 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     infra = await asyncio.to_thread(
         start_infrastructure, data_dir, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap
     )
-    services = ServiceProcesses(infra, settings, data_dir, policy=args.policy, webhooks=args.webhooks, port=port)
+    services = ServiceProcesses(
+        infra,
+        settings,
+        data_dir,
+        policy=args.policy,
+        webhooks=args.webhooks,
+        intake_workers=args.intake_workers,
+        port=port,
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True)) as progress:

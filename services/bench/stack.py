@@ -74,6 +74,7 @@ class ServiceProcesses:
     data_dir: Path
     policy: Path | None = None
     webhooks: bool = False
+    intake_workers: int = 1
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     profilers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -90,6 +91,7 @@ class ServiceProcesses:
             CASELINK_KAFKA_BOOTSTRAP=self.infra.kafka_bootstrap,
             CASELINK_HTTP_HOST="127.0.0.1",
             CASELINK_HTTP_PORT=str(self.port),
+            CASELINK_HTTP_WORKERS=str(self.intake_workers),
             CASELINK_DEMO_INBOX="true" if self.webhooks else "false",
             CASELINK_LOG_FORMAT=os.environ.get("CASELINK_LOG_FORMAT", "json"),
         )
@@ -161,7 +163,7 @@ class ServiceProcesses:
         for name, pid in running.items():
             self.profilers[name] = subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--nonblocking",
-                 "--output", str(out_dir / f"{name}.txt")],
+                 "--subprocesses", "--output", str(out_dir / f"{name}.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
             )  # fmt: skip
         return True

@@ -140,6 +140,17 @@ def register_consumers(runtime: Runtime) -> None:
         )
 
 
+def create_app_from_environment() -> FastAPI:
+    """`create_app` in a uvicorn worker process (CASELINK_HTTP_WORKERS > 1): settings and logging
+    from the environment, as `caselink intake` has them."""
+    from services.shared.logging import configure_logging
+    from services.shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings, service="intake")
+    return create_app(settings)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The runnable intake service (serve with uvicorn)."""
     runtime = build_runtime("intake", settings)

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Intake processes behind the one port (uvicorn workers); each also runs intake's consumers,
+    # in the same consumer groups, as router replicas do.
+    http_workers: int = Field(default=1, ge=1, le=64, description="intake worker processes")
 
     policy: Path | None = Field(default=None, description="routing policy YAML; unset = the packaged default")
     # Keyed hash of resident identity: events carry resident_ref, never the identity itself.

@@ -1,4 +1,5 @@
-"""`caselink bench` end to end with tiny numbers: every section measured, ratios computed, no case lost."""
+"""`caselink bench` end to end with tiny numbers: every section measured, ratios computed, no case lost
+(with intake as two worker processes, CASELINK_HTTP_WORKERS=2, sharing the port and consumer groups)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_a_tiny_bench_measures_every_section_and_loses_no_case(tmp_path: Path) -
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "--network-scale", "small", "--cases", "30",
          "--baseline-messages", "300", "--rate", "20", "--rate-seconds", "1", "--http-seconds", "1",
-         "--http-clients", "2", "--stall-seconds", "30", "--data-dir", str(tmp_path / "data"),
+         "--http-clients", "2", "--intake-workers", "2", "--stall-seconds", "30", "--data-dir", str(tmp_path / "data"),
          "--json", str(results_file)],
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
