@@ -4,21 +4,14 @@ and one relay publishes them to Kafka after commit.
 Exactly one relay is active per database (a session-level advisory lock elects it); the others
 stand by and take over within one poll interval if it dies. A single relay publishing in id order
 through one producer keeps each case's events in `sequence` order on its partition.
-
-The relay runs on its own event loop in a thread of the service's process: a handler holds the
-service's loop for a whole batch's CPU work, and every service's events wait for the relay's
-round trips, so those must not queue behind it (the GIL still lets the relay in every few ms).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import contextvars
 import functools
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -197,56 +190,24 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self.is_leader = False
         self.published = 0
         self._stats: list[float] = [0, 0, 0.0]  # batches, messages, seconds publishing
-        self._phases = {"read": 0.0, "send": 0.0, "delete": 0.0}  # seconds in each step of a batch
         self._stats_since = time.monotonic()
 
     async def start(self) -> None:
-        """Start the relay's thread; returns once its producer is connected (or raises why not)."""
-        connected: concurrent.futures.Future[None] = concurrent.futures.Future()
-        # In a copy of this context: its log lines carry what the service bound (its name).
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._thread_main, connected), name="outbox-relay", daemon=True
-        )
-        self._thread.start()
-        await asyncio.wrap_future(connected)
+        """Connect the producer (aiokafka wants a running loop for that) and relay in the background."""
+        self.producer = self._make_producer()
+        await self.producer.start()
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
         """Stop after the batch in flight (unpublished rows stay for the next relay)."""
-        if self._loop is not None and self._task is not None:
-            with contextlib.suppress(RuntimeError):  # the thread's loop already ended
-                self._loop.call_soon_threadsafe(self._task.cancel)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-
-    def _thread_main(self, connected: concurrent.futures.Future[None]) -> None:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(self._serve(connected))
-
-    async def _serve(self, connected: concurrent.futures.Future[None]) -> None:
-        """The thread's loop: connect the producer (aiokafka binds it to this loop), relay until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        try:
-            self.producer = self._make_producer()
-            await self.producer.start()
-        except BaseException as exc:
-            connected.set_exception(exc)
-            return
-        self._task = asyncio.current_task()
-        connected.set_result(None)
-        try:
-            await self._run()
-        except asyncio.CancelledError:
-            pass
-        finally:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
 
@@ -301,19 +262,15 @@ class OutboxRelay:
                 messages=int(messages),
                 mean_size=round(messages / batches, 1),
                 busy_share=round(spent / (now - self._stats_since), 3),
-                **{f"{step}_ms_per_batch": round(1000 * s / batches, 1) for step, s in self._phases.items()},
             )
-            self._phases = dict.fromkeys(self._phases, 0.0)
             self._stats, self._stats_since = [0, 0, 0.0], now
 
     async def _publish_batch(self, conn: asyncpg.Connection) -> int:
-        started = time.monotonic()
         rows = await conn.fetch(
             "SELECT id, topic, key, payload, headers FROM shared.outbox ORDER BY id LIMIT $1", self._batch_size
         )
         if not rows:
             return 0
-        read = time.monotonic()
         assert self.producer is not None, "start() connects the producer"
         # Pipelined: every send is queued before any is awaited; the producer batches them.
         # If any send fails, nothing is deleted and the whole batch goes again: duplicates are
@@ -331,10 +288,7 @@ class OutboxRelay:
                 )
             )
         await asyncio.gather(*futures)
-        sent = time.monotonic()
         await conn.execute("DELETE FROM shared.outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
-        for step, seconds in zip(self._phases, (read - started, sent - read, time.monotonic() - sent), strict=True):
-            self._phases[step] += seconds
         self.published += len(rows)
         return len(rows)
 
