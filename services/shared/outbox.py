@@ -193,6 +193,7 @@ class OutboxRelay:
         self.is_leader = False
         self.published = 0
         self._stats: list[float] = [0, 0, 0.0]  # batches, messages, seconds publishing
+        self._phases = {"read": 0.0, "send": 0.0, "delete": 0.0}  # seconds in each step of a batch
         self._stats_since = time.monotonic()
 
     async def start(self) -> None:
@@ -262,15 +263,19 @@ class OutboxRelay:
                 messages=int(messages),
                 mean_size=round(messages / batches, 1),
                 busy_share=round(spent / (now - self._stats_since), 3),
+                **{f"{step}_ms_per_batch": round(1000 * s / batches, 1) for step, s in self._phases.items()},
             )
+            self._phases = dict.fromkeys(self._phases, 0.0)
             self._stats, self._stats_since = [0, 0, 0.0], now
 
     async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        started = time.monotonic()
         rows = await conn.fetch(
             "SELECT id, topic, key, payload, headers FROM shared.outbox ORDER BY id LIMIT $1", self._batch_size
         )
         if not rows:
             return 0
+        read = time.monotonic()
         assert self.producer is not None, "start() connects the producer"
         # Pipelined: every send is queued before any is awaited; the producer batches them.
         # If any send fails, nothing is deleted and the whole batch goes again: duplicates are
@@ -288,7 +293,10 @@ class OutboxRelay:
                 )
             )
         await asyncio.gather(*futures)
+        sent = time.monotonic()
         await conn.execute("DELETE FROM shared.outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+        for step, seconds in zip(self._phases, (read - started, sent - read, time.monotonic() - sent), strict=True):
+            self._phases[step] += seconds
         self.published += len(rows)
         return len(rows)
 
