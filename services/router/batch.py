@@ -104,7 +104,7 @@ class LiveNetwork:
             changed = {row.worker_id: (row.load, row.idle_since) for row in rows if row.worker_id is not None}
             self._network.update_loads_in_place(changed)
         for done in ended:  # their rows, committed or rolled back, were just read as they are
-            del self._touched[done]
+            self._touched.pop(done, None)  # (a concurrent refresh may have dropped it already)
         self._transaction = transaction
         return self._network
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from services.router import batch
 from services.router.batch import LiveNetwork
 from services.router.domain import Network, Worker
 from services.shared import directory
@@ -195,6 +197,28 @@ async def test_a_rolled_back_write_is_undone_when_other_transactions_refreshed_m
         await t1.rollback()
     assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
     assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
+
+
+async def test_refreshes_side_by_side_both_forget_an_ended_transaction(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands run concurrently on one LiveNetwork: a refresh that saw a transaction end, while
+    another refresh also saw it end and dropped it meanwhile, must still get through."""
+    async with sessions() as session, session.begin() as t1:
+        await live.refresh(session)
+        await session.execute(_ADD_LOAD, {"w": "w3", "n": 4})
+        live.invalidate(session, "w3")
+        await t1.rollback()
+    async with sessions() as session, session.begin():
+        execute = session.execute
+
+        async def another_refresh_first(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            if statement is batch._CHANGED_LOADS:  # this refresh has noted t1 ended by now
+                assert loads(await refresh(sessions, live))["w3"] == BASE_LOAD
+            return await execute(statement, *args, **kwargs)
+
+        monkeypatch.setattr(session, "execute", another_refresh_first)
+        assert loads(await live.refresh(session))["w3"] == BASE_LOAD
 
 
 async def test_a_directory_change_reloads_the_network(
