@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.shared.embedded import TANSU_ENV, EmbeddedInfrastructure, die_with_parent, start_infrastructure
+from services.shared.embedded import EmbeddedInfrastructure, add_tansu_env, die_with_parent, start_infrastructure
 from services.shared.logging import get_logger
 from services.shared.settings import Settings
 
@@ -66,8 +66,7 @@ def _service_env(settings: Settings, infra: EmbeddedInfrastructure, args: argpar
         CASELINK_LOG_FORMAT=os.environ.get("CASELINK_LOG_FORMAT", "console"),
     )
     if not settings.kafka_bootstrap:
-        for name, value in TANSU_ENV.items():
-            env.setdefault(name, value)
+        add_tansu_env(env)
     if args.policy:
         env["CASELINK_POLICY"] = str(args.policy.resolve())
     return env

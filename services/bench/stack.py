@@ -20,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.shared.embedded import TANSU_ENV, TANSU_SETTINGS, EmbeddedInfrastructure, die_with_parent, free_port
+from services.shared.embedded import (
+    TANSU_SETTINGS,
+    EmbeddedInfrastructure,
+    add_tansu_env,
+    die_with_parent,
+    free_port,
+)
 from services.shared.network import NetworkFile
 from services.shared.settings import Settings
 
@@ -52,7 +58,6 @@ async def prepare_database_and_topics(
 # On the embedded Tansu a fetch of an empty partition waits this long whatever arrives meanwhile:
 # the bench trades idle CPU for latency (each of a case's four hops waits up to this).
 BENCH_FETCH_MAX_WAIT_MS = 20
-BENCH_TANSU_ENV = TANSU_ENV | {"CASELINK_KAFKA_FETCH_MAX_WAIT_MS": str(BENCH_FETCH_MAX_WAIT_MS)}
 
 
 def client_settings(settings: Settings) -> Settings:
@@ -96,8 +101,7 @@ class ServiceProcesses:
             CASELINK_LOG_FORMAT=os.environ.get("CASELINK_LOG_FORMAT", "json"),
         )
         if not self.settings.kafka_bootstrap:
-            for name, value in BENCH_TANSU_ENV.items():
-                env.setdefault(name, value)
+            add_tansu_env(env, CASELINK_KAFKA_FETCH_MAX_WAIT_MS=str(BENCH_FETCH_MAX_WAIT_MS))
         if self.policy is not None:
             env["CASELINK_POLICY"] = str(self.policy.resolve())
         return env

@@ -35,6 +35,12 @@ TANSU_SETTINGS = {"kafka_enable_idempotence": False, "kafka_fetch_max_wait_ms": 
 TANSU_ENV = {f"CASELINK_{name.upper()}": str(value).lower() for name, value in TANSU_SETTINGS.items()}
 
 
+def add_tansu_env(env: dict[str, str], **overrides: str) -> None:
+    """Give a service's environment the TANSU_ENV settings (with `overrides`) it does not set itself."""
+    for name, value in (TANSU_ENV | overrides).items():
+        env.setdefault(name, value)
+
+
 def die_with_parent() -> None:
     # Runs in the child after fork and after the uid switch (subprocess applies `user=` first),
     # so the kernel does not clear it on the credential change.
