@@ -67,7 +67,7 @@ def client_settings(settings: Settings) -> Settings:
         return settings
     chosen = "CASELINK_KAFKA_FETCH_MAX_WAIT_MS" in os.environ
     wait = settings.kafka_fetch_max_wait_ms if chosen else BENCH_FETCH_MAX_WAIT_MS
-    return settings.model_copy(update=TANSU_SETTINGS | {"kafka_fetch_max_wait_ms": wait})
+    return settings.model_copy(update={**TANSU_SETTINGS, "kafka_fetch_max_wait_ms": wait})
 
 
 @dataclass

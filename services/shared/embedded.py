@@ -27,11 +27,13 @@ DATABASE_NAME = "caselink"
 _PR_SET_PDEATHSIG = 1
 
 # The services' settings on the embedded Tansu: it rejects InitProducerId, so no idempotent
-# producers; and it answers a fetch of an empty partition only when the fetch's max wait has
-# passed, not when records arrive, so a 500 ms wait (Kafka's default) adds ~250 ms to every hop.
-# Shorter waits cost idle CPU (measured, `caselink dev` idle, cores busy: 500 ms 0.23, 100 ms 0.33,
-# 50 ms 0.54, 20 ms 0.86, most of it Tansu's); `caselink bench` uses 20 (BENCH_FETCH_MAX_WAIT_MS).
-TANSU_SETTINGS = {"kafka_enable_idempotence": False, "kafka_fetch_max_wait_ms": 100}
+# producers. It also answers a fetch of an empty partition only when the fetch's max wait has
+# passed, not when records arrive, so the default 500 ms adds ~250 ms to every hop; shorter waits
+# cost idle CPU (measured, `caselink dev` idle, cores busy: 500 ms 0.23, 100 ms 0.33, 50 ms 0.54,
+# 20 ms 0.86, most of it Tansu's). `caselink dev` and the tests keep 500: the test suite runs
+# several stacks side by side on two cores, and at 100 ms their idle load starved it (CI took 15
+# minutes instead of 7, with timeouts). `caselink bench` uses 20 (BENCH_FETCH_MAX_WAIT_MS).
+TANSU_SETTINGS = {"kafka_enable_idempotence": False}
 TANSU_ENV = {f"CASELINK_{name.upper()}": str(value).lower() for name, value in TANSU_SETTINGS.items()}
 
 
