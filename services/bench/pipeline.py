@@ -232,6 +232,28 @@ class CaseDirectory:
                 mapping.update({row.key: row.case_id for row in rows})
         return mapping
 
+    async def backlog(self) -> int:
+        """Work the services have not finished: outbox rows not yet published, and cases whose read
+        model (intake's projection) is behind their latest event."""
+        async with self._engine.connect() as conn:
+            return int(await conn.scalar(_BACKLOG) or 0)
+
     async def close(self) -> None:
         """Release the connections."""
         await self._engine.dispose()
+
+
+_BACKLOG = text(
+    "SELECT (SELECT count(*) FROM shared.outbox) + (SELECT count(*) FROM intake.cases c "
+    "JOIN shared.case_heads h USING (case_id) WHERE c.last_sequence < h.last_sequence)"
+)
+
+
+async def drain(directory: CaseDirectory, *, limit_seconds: float, poll: float = 0.5) -> float | None:
+    """Wait until the services' backlog is empty: the seconds it took, or None after `limit_seconds`."""
+    started = time.monotonic()
+    while await directory.backlog():
+        if time.monotonic() - started > limit_seconds:
+            return None
+        await asyncio.sleep(poll)
+    return round(time.monotonic() - started, 1)

@@ -90,7 +90,7 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 f"HTTP intake, {http['clients']} clients",
                 f"{_num(http.get('requests_per_s'))} req/s",
                 f"{http['requests']:,} requests in {http['seconds']:.1f}s; {_latency(http)}; "
-                f"statuses {http['statuses']}",
+                f"statuses {http['statuses']}{_drained(http)}",
             )
         )
     for replicas, value in (results.get("ratios") or {}).get("caselink_vs_baseline", {}).items():
@@ -137,3 +137,11 @@ def write_json(results: dict[str, Any], path: Path) -> None:
     """The results as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _drained(http: dict[str, Any]) -> str:
+    """How long the HTTP phase waited for the saturation phases' backlog (absent in older results)."""
+    if "backlog_drained_after_s" not in http:
+        return ""
+    seconds = http["backlog_drained_after_s"]
+    return "; started with the backlog still there" if seconds is None else f"; after the backlog drained ({seconds} s)"

@@ -69,3 +69,13 @@ def test_a_run_that_lost_cases_says_failed() -> None:
     broken = results()
     broken["correctness"] = {**broken["correctness"], "ok": False, "lost": 3}
     assert table_rows(summarise(broken))[-1][1] == "FAILED"
+
+
+def test_the_http_row_says_whether_the_backlog_drained_before_it() -> None:
+    def http_detail(**http: Any) -> str:
+        run = results(http={**results()["http"], **http})
+        return next(row[2] for row in table_rows(summarise(run)) if row[0].startswith("HTTP"))
+
+    assert "after the backlog drained (4.5 s)" in http_detail(backlog_drained_after_s=4.5)
+    assert "backlog still there" in http_detail(backlog_drained_after_s=None)
+    assert "backlog" not in http_detail()
