@@ -222,6 +222,7 @@ async def _measure(
                     case_of=record_cases,
                     progress=_phase_progress(progress, task, name, replicas),
                     alive=services.check_alive,
+                    cpu=services.cpu_seconds,
                 )
                 if name == "fixed_rate":
                     caselink["fixed_rate"] = phase.to_dict()

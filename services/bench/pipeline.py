@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
 
 from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED, REFERRALS_SUBMITTED, TOPIC_PARTITIONS
+from services.bench.cpu import CORES, CpuCost, Meter, cost_between
 from services.bench.ledger import CaseLedger
 from services.bench.stats import LatencySummary, Throughput, per_second, throughput
 from services.bench.workload import Submission
@@ -105,6 +106,7 @@ class PhaseResult:
     latency: LatencySummary
     stages: dict[str, LatencySummary] = field(default_factory=dict)
     submissions: list[str] = field(default_factory=list, repr=False)
+    cpu: CpuCost | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -121,6 +123,7 @@ class PhaseResult:
             "steady_cases_per_s": self.settled.steady_per_s,
             "latency_ms": self.latency.to_dict(),
             "stages_ms": {stage: summary.to_dict() for stage, summary in self.stages.items()},
+            "cpu": self.cpu.to_dict(CORES) if self.cpu else None,
         }
 
 
@@ -163,9 +166,12 @@ async def run_phase(
     case_of: Callable[[list[str]], Awaitable[dict[str, str]]],
     progress: Progress,
     alive: Callable[[], None],
+    cpu: Meter | None = None,
 ) -> PhaseResult:
-    """Publish the phase's submissions and wait for their cases to settle; measure both."""
+    """Publish the phase's submissions and wait for their cases to settle; measure both, and the
+    CPU each part of the stack spent meanwhile (`cpu`, read before and after)."""
     ledger = watcher.ledger
+    cpu_before, began = (cpu() if cpu else {}), time.monotonic()
     settled_before = ledger.settled
     sent_at: dict[str, float] = {}
     published = [0]
@@ -185,6 +191,11 @@ async def run_phase(
             break
         await asyncio.sleep(0.2)
     progress(published[0], ledger.settled - settled_before)
+    cost = (
+        cost_between(cpu_before, cpu(), cases=ledger.settled - settled_before, seconds=time.monotonic() - began)
+        if cpu
+        else None
+    )
     ids = [s.submission_id for s in submissions]
     mapping = await case_of(ids)
     latencies, settled_times = [], []
@@ -211,6 +222,7 @@ async def run_phase(
         LatencySummary.of_seconds(latencies),
         {stage: LatencySummary.of_seconds(values) for stage, values in stages.items()},
         ids,
+        cost,
     )
 
 

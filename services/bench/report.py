@@ -84,6 +84,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 f"overall {_num(phase.get('cases_per_s'))} cases/s over {phase['cases']:,} cases; {_latency(phase)}",
             )
         )
+        if cpu := phase.get("cpu"):
+            rows.append(_cpu_row(f"×{phase['replicas']}", cpu))
     if http := results.get("http"):
         rows.append(
             (
@@ -145,3 +147,14 @@ def _drained(http: dict[str, Any]) -> str:
         return ""
     seconds = http["backlog_drained_after_s"]
     return "; started with the backlog still there" if seconds is None else f"; after the backlog drained ({seconds} s)"
+
+
+def _cpu_row(label: str, cpu: dict[str, Any]) -> Row:
+    """What a case cost in CPU, by part, and the rate the machine's cores would allow at that cost."""
+    parts = " · ".join(f"{part} {ms:.2f}" for part, ms in sorted(cpu["ms_per_case"].items(), key=lambda kv: -kv[1]))
+    return (
+        f"  CPU per case, {label}",
+        f"{cpu['total_ms_per_case']:.2f} ms",
+        f"{parts} ms; {cpu['cores_busy']} of {cpu['cores']} cores busy; "
+        f"at this cost {cpu['cores']} cores carry at most {_num(cpu['ceiling_cases_per_s'])} cases/s",
+    )

@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
+from services.bench.cpu import cpu_seconds, part_of
 from services.shared.embedded import (
     TANSU_SETTINGS,
     EmbeddedInfrastructure,
@@ -171,6 +174,18 @@ class ServiceProcesses:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
             )  # fmt: skip
         return True
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each part: the embedded servers, the services (replicas
+        together) and the bench process itself (without its children, which are the rest)."""
+        roots: dict[str, list[int]] = {}
+        named = [(p.name, p.proc) for p in self.infra.processes] + list(self.processes.items())
+        for name, proc in named:
+            roots.setdefault(part_of(name), []).append(proc.pid)
+        used = cpu_seconds(roots)
+        own = psutil.Process().cpu_times()
+        used["bench"] = own.user + own.system
+        return used
 
     def stop_profilers(self) -> None:
         """Stop the samplers; each writes its file on SIGINT."""

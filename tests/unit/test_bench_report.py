@@ -79,3 +79,15 @@ def test_the_http_row_says_whether_the_backlog_drained_before_it() -> None:
     assert "after the backlog drained (4.5 s)" in http_detail(backlog_drained_after_s=4.5)
     assert "backlog still there" in http_detail(backlog_drained_after_s=None)
     assert "backlog" not in http_detail()
+
+
+def test_a_phase_with_cpu_readings_gets_a_row_with_the_cost_per_case_and_its_ceiling() -> None:
+    run = results()
+    cpu = {"ms_per_case": {"intake": 1.0, "router": 1.5, "postgres": 0.5}, "total_ms_per_case": 3.0,
+           "cores_busy": 1.9, "cores": 2, "ceiling_cases_per_s": 666.7}  # fmt: skip
+    run["caselink"]["saturation"][0]["cpu"] = cpu
+    rows = table_rows(summarise(run))
+    [row] = [row for row in rows if "CPU per case" in row[0]]
+    assert row[1] == "3.00 ms"
+    assert row[2].startswith("router 1.50 · intake 1.00 · postgres 0.50 ms; 1.9 of 2 cores busy")
+    assert "at most 667 cases/s" in row[2]
