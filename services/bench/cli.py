@@ -237,8 +237,8 @@ async def _measure(
         results["caselink"] = caselink
         results["http"] = None
         if not args.skip_http:
-            # The saturation phases settle on the events; intake's read model may still be catching
-            # up, and that backlog would share intake's event loop with the HTTP requests measured.
+            # The saturation phases settle on the events; what the services still have to publish
+            # would share the machine with the HTTP requests measured.
             task = progress.add_task("waiting for the services' backlog to drain", total=None)
             drained = await drain(directory, limit_seconds=args.stall_seconds)
             progress.update(task, total=1, completed=1)

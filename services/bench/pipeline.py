@@ -245,8 +245,7 @@ class CaseDirectory:
         return mapping
 
     async def backlog(self) -> int:
-        """Work the services have not finished: outbox rows not yet published, and cases whose read
-        model (intake's projection) is behind their latest event."""
+        """Work the services have not finished: outbox rows not yet published."""
         async with self._engine.connect() as conn:
             return int(await conn.scalar(_BACKLOG) or 0)
 
@@ -255,10 +254,7 @@ class CaseDirectory:
         await self._engine.dispose()
 
 
-_BACKLOG = text(
-    "SELECT (SELECT count(*) FROM shared.outbox) + (SELECT count(*) FROM intake.cases c "
-    "JOIN shared.case_heads h USING (case_id) WHERE c.last_sequence < h.last_sequence)"
-)
+_BACKLOG = text("SELECT count(*) FROM shared.outbox")
 
 
 async def drain(directory: CaseDirectory, *, limit_seconds: float, poll: float = 0.5) -> float | None:

@@ -1,5 +1,5 @@
-"""The intake service: HTTP API and dashboard, and the consumers of caselink.referrals.submitted,
-caselink.case.events (the read model) and caselink.case.command-results (verdicts on actions)."""
+"""The intake service: HTTP API and dashboard, and the consumers of caselink.referrals.submitted
+and caselink.case.command-results (verdicts on actions)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from faststream.kafka.annotations import KafkaMessage
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
-from schemas.events import CaseEvent
 from schemas.referral import KafkaReferralSubmission
-from schemas.topics import CASE_COMMAND_RESULTS, CASE_EVENTS, REFERRALS_SUBMITTED
+from schemas.topics import CASE_COMMAND_RESULTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
 from services.intake.access import request_slots
 from services.intake.api import router as api_router
@@ -29,7 +28,6 @@ from services.shared.consuming import (
     Delivery,
     MessageConsumer,
     Work,
-    decode_case_event,
     decode_message,
     enqueue_dead_letter,
     origin,
@@ -45,10 +43,11 @@ Submission = KafkaReferralSubmission | SubmissionInvalid
 
 
 def register_consumers(runtime: Runtime) -> None:
-    """Subscribe intake's three consumers on the runtime's broker."""
+    """Subscribe intake's two consumers on the runtime's broker: Kafka submissions and the router's
+    verdicts on commands. (The case read model needs no consumer: whoever emits a case event writes
+    it in the same transaction, see services.shared.case_view.)"""
     settings = runtime.settings
     submissions = MessageConsumer("intake.submissions", runtime.sessions, max_attempts=settings.consumer_max_attempts)
-    projection = MessageConsumer("intake.projection", runtime.sessions, max_attempts=settings.consumer_max_attempts)
     verdicts = MessageConsumer("intake.command_results", runtime.sessions, max_attempts=settings.consumer_max_attempts)
 
     async def reject(session: AsyncSession, record: ConsumerRecord, invalid: SubmissionInvalid, *, key: str) -> None:
@@ -107,23 +106,6 @@ def register_consumers(runtime: Runtime) -> None:
             kind = "rejected" if isinstance(submission, SubmissionInvalid) else "submission"
             deliveries.append(Delivery(record, f"{kind}:{origin(record)}", submission))
         await submissions.process_batch(deliveries, work=accept_batch, work_one=accept_one)
-
-    @runtime.broker.subscriber(
-        CASE_EVENTS, **BATCH_SUBSCRIBER, **runtime.subscriber_options("caselink-intake-projection")
-    )
-    async def on_case_events(msg: KafkaMessage) -> None:
-        clear_message_context()
-        deliveries: list[Delivery[CaseEvent]] = []
-        for record in cast(tuple[ConsumerRecord, ...], msg.raw_message):
-            if (event := await decode_case_event(projection, record)) is not None:
-                deliveries.append(Delivery(record, str(event.id), event))
-        await projection.process_batch(
-            deliveries,
-            work=lambda session, batch: handlers.project_case_events(
-                session, [(d.item, d.record.value or b"") for d in batch]
-            ),
-            work_one=lambda d: lambda session: handlers.project_case_event(session, d.item),
-        )
 
     @runtime.broker.subscriber(CASE_COMMAND_RESULTS, **runtime.subscriber_options("caselink-intake-commands"))
     async def on_command_result(msg: KafkaMessage) -> None:

@@ -1,28 +1,25 @@
-"""Intake's unit of work: store an accepted referral and emit `received`; reject the rest; keep the
-case read model (status, timeline) current from caselink.case.events."""
+"""Intake's unit of work: store an accepted referral and emit `received` (the case's read-model row
+and first timeline entry with it); reject the rest; keep the router's verdicts on commands."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
-from schemas.events import CaseEvent, EventSource, event_name, new_event
+from schemas.events import EventSource, new_event
 from schemas.referral import FieldError, KafkaReferralSubmission, ReferralSubmission, RejectedSubmission
 from schemas.topics import REFERRALS_REJECTED
 from services.intake import tables
 from services.intake.domain import (
     VILLAGE,
-    QueueEntry,
     SubmissionInvalid,
-    next_queue_entry,
     resident_ref,
     room_problems,
     submitter_problems,
@@ -46,8 +43,9 @@ class Accepted:
 
 
 # A new case's whole acceptance in one statement (one round trip): look the room up, claim the
-# idempotency key, store the case, open its head at sequence 1 and put `received` in the outbox,
-# all only when the room is a village room and the key was free; NOTIFY (delivered at commit)
+# idempotency key, store the case (its read-model row at sequence 1), open its head at sequence 1,
+# start its timeline and put `received` in the outbox, all only when the room is a village room
+# and the key was free; NOTIFY (delivered at commit)
 # wakes the relay. The key is claimed first, as before: a concurrent duplicate waits on the
 # claimed row and then finds it with _EARLIER_CASE. A fresh case id has no head yet, so its first
 # event's sequence is 1 and the event can be built before the statement runs.
@@ -60,11 +58,14 @@ _ACCEPT = text(
     "go AS (SELECT 1 FROM room WHERE room.tier = CAST(:tier AS text) "
     " AND (CAST(:key AS text) IS NULL OR EXISTS (SELECT 1 FROM claim))), "
     "new_case AS (INSERT INTO intake.cases (case_id, room_id, submitted_by, category, risk_level, summary, "
-    " resident, consent, resident_ref, occurred_at, status, tier, station_id) "
+    " resident, consent, resident_ref, occurred_at, status, tier, station_id, last_sequence) "
     " SELECT CAST(:case_id AS text), CAST(:room_id AS text), CAST(:submitted_by AS text), CAST(:category AS text), "
     " CAST(:risk_level AS text), CAST(:summary AS text), CAST(:resident AS jsonb), CAST(:consent AS jsonb), "
     " CAST(:resident_ref AS text), CAST(:occurred_at AS timestamptz), 'received', CAST(:tier AS text), "
-    " CAST(:room_id AS text) FROM go), "
+    " CAST(:room_id AS text), 1 FROM go), "
+    "timeline AS (INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
+    " SELECT CAST(:case_id AS text), 1, CAST(:event_id AS uuid), CAST(:event_type AS text), "
+    " CAST(:event_time AS timestamptz), CAST(:event AS jsonb) FROM go), "
     "head AS (INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
     " SELECT CAST(:case_id AS text), 1, 'received', CAST(:tier AS text), CAST(:room_id AS text) FROM go), "
     "message AS (INSERT INTO shared.outbox (topic, key, payload, headers) "
@@ -97,7 +98,8 @@ async def accept_submission(
     # Built for a village room; written only if the room is one (the statement checks).
     where = {"case_id": case_id, "room_id": submission.room_id, "tier": VILLAGE, "submitted_by": submitted_by}
     data = _received_data(submission, **where, ref=ref)
-    message = case_event_message(new_event("received", source=SOURCE, data={**data, "sequence": 1}))
+    event = new_event("received", source=SOURCE, data={**data, "sequence": 1})
+    message = case_event_message(event)
     row = (
         await session.execute(
             _ACCEPT,
@@ -109,6 +111,10 @@ async def accept_submission(
                 "event_key": case_id.encode(),
                 "payload": message.payload,
                 "headers": json.dumps(message.headers),
+                "event_id": str(event.id),
+                "event_type": event.type,
+                "event_time": event.time,
+                "event": message.payload.decode(),
             },
         )
     ).one()
@@ -133,77 +139,6 @@ async def reject_submission(session: AsyncSession, invalid: SubmissionInvalid, *
         payload=rejection.model_dump_json().encode(),
     )
     log.info("intake.submission_rejected", fields=[e.field for e in invalid.errors])
-
-
-async def project_case_event(session: AsyncSession, event: CaseEvent) -> None:
-    """Add an event to the case timeline and advance the read model and the escalation queue
-    (events may arrive out of order; only a newer one moves the case)."""
-    data = event.data
-    inserted = (
-        await session.execute(
-            pg_insert(tables.case_events)
-            .values(
-                case_id=data.case_id,
-                sequence=data.sequence,
-                event_id=str(event.id),
-                type=event.type,
-                time=event.time,
-                event=event.model_dump(mode="json"),
-            )
-            .on_conflict_do_nothing()
-            .returning(tables.case_events.c.sequence)
-        )
-    ).first()
-    if inserted is None:
-        return
-    cases = tables.cases.c
-    # Locked so two projections of the same case (a redelivery racing a replica) apply in turn.
-    current = (
-        await session.execute(select(tables.cases).where(cases.case_id == data.case_id).with_for_update())
-    ).first()
-    if current is None or current.last_sequence >= data.sequence:
-        return
-    changes = _projected_changes(event, dict(current._mapping))
-    await session.execute(update(tables.cases).where(cases.case_id == data.case_id).values(changes))
-
-
-def _projected_changes(event: CaseEvent, current: Mapping[str, Any]) -> dict[str, Any]:
-    """What a newer event changes in a case's read-model row and escalation queue entry."""
-    data = event.data
-    changes: dict[str, Any] = {
-        "status": str(data.status),
-        "tier": str(data.tier),
-        "station_id": data.station_id,
-        "last_sequence": data.sequence,
-        "updated_at": utc_now(),
-    }
-    name = event_name(event.type)
-    fields = data.model_dump()
-    if name == "assigned":
-        changes |= {
-            "assignee_id": fields["worker_id"],
-            "accept_by": fields["accept_by"],
-            "weight": fields.get("weight"),
-        }
-    elif name in {"accepted"}:
-        changes |= {"accept_by": None}
-    elif name in {"declined", "offer_expired", "escalated", "queued", "referred_back"}:
-        changes |= {"assignee_id": None, "accept_by": None}
-    entry = QueueEntry(
-        current["escalation_reason"],
-        current["escalation_station_id"],
-        current["escalated_at"],
-        current["escalation_closed_at"],
-    )
-    after = next_queue_entry(name, fields, event.time, entry)
-    if after != entry:
-        changes |= {
-            "escalation_reason": after.reason,
-            "escalation_station_id": after.station_id,
-            "escalated_at": after.since,
-            "escalation_closed_at": after.closed_at,
-        }
-    return changes
 
 
 async def record_command_result(session: AsyncSession, result: CommandResult) -> None:
@@ -369,86 +304,3 @@ def _received_data(
         "room_id": room_id,
         "submitted_by": submitted_by,
     }
-
-
-_PROJECTED = (
-    "status",
-    "tier",
-    "station_id",
-    "last_sequence",
-    "updated_at",
-    "assignee_id",
-    "accept_by",
-    "weight",
-    "escalation_reason",
-    "escalation_station_id",
-    "escalated_at",
-    "escalation_closed_at",
-)
-
-
-_ADD_TO_TIMELINES = text(
-    "INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
-    "SELECT e.case_id, e.sequence, CAST(e.event_id AS uuid), e.type, e.time, CAST(e.event AS jsonb) FROM unnest("
-    "CAST(:case_ids AS text[]), CAST(:sequences AS integer[]), CAST(:event_ids AS text[]), CAST(:types AS text[]), "
-    "CAST(:times AS timestamptz[]), CAST(:events AS text[])"
-    ") WITH ORDINALITY AS e(case_id, sequence, event_id, type, time, event, n) ORDER BY e.n "
-    "ON CONFLICT DO NOTHING RETURNING case_id, sequence"
-)
-# Locked in one order, so two projections of overlapping batches (a rebalance) queue.
-_LOCK_CASES = text(
-    f"SELECT case_id, {', '.join(_PROJECTED)} FROM intake.cases "
-    "WHERE case_id = ANY(CAST(:ids AS text[])) ORDER BY case_id FOR UPDATE"
-)
-_PROJECTED_TYPES = {
-    "last_sequence": "integer",
-    "weight": "integer",
-    "updated_at": "timestamptz",
-    "accept_by": "timestamptz",
-    "escalated_at": "timestamptz",
-    "escalation_closed_at": "timestamptz",
-}
-_UPDATE_CASES = text(
-    "UPDATE intake.cases c SET "
-    + ", ".join(f"{column} = u.{column}" for column in _PROJECTED)
-    + " FROM unnest(CAST(:case_id AS text[]), "
-    + ", ".join(f"CAST(:{column} AS {_PROJECTED_TYPES.get(column, 'text')}[])" for column in _PROJECTED)
-    + f") AS u(case_id, {', '.join(_PROJECTED)}) WHERE c.case_id = u.case_id"
-)
-
-
-async def project_case_events(session: AsyncSession, events: Sequence[tuple[CaseEvent, bytes]]) -> None:
-    """`project_case_event` for a batch of (event, its JSON as published), in arrival order: one
-    insert into the timelines, the batch's cases locked in case-id order, one update for all."""
-    if not events:
-        return
-    inserted = await session.execute(
-        _ADD_TO_TIMELINES,
-        {
-            "case_ids": [event.data.case_id for event, _ in events],
-            "sequences": [event.data.sequence for event, _ in events],
-            "event_ids": [str(event.id) for event, _ in events],
-            "types": [event.type for event, _ in events],
-            "times": [event.time for event, _ in events],
-            # The published JSON itself: the same document model_dump would give back, without the work.
-            "events": [raw.decode() for _, raw in events],
-        },
-    )
-    new = {(row.case_id, row.sequence) for row in inserted}
-    if not new:
-        return
-    locked = await session.execute(_LOCK_CASES, {"ids": sorted({case_id for case_id, _ in new})})
-    current = {row.case_id: dict(row._mapping) for row in locked}
-    changed: set[str] = set()
-    for event, _ in events:
-        data = event.data
-        row = current.get(data.case_id)
-        if (data.case_id, data.sequence) not in new or row is None or row["last_sequence"] >= data.sequence:
-            continue
-        new.discard((data.case_id, data.sequence))  # the same event twice in one batch moves it once
-        row.update(_projected_changes(event, row))
-        changed.add(data.case_id)
-    if changed:
-        ids = sorted(changed)
-        columns = {column: [current[case_id][column] for case_id in ids] for column in _PROJECTED}
-        await session.execute(_UPDATE_CASES, {"case_id": ids, **columns})

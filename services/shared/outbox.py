@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import STATUS_AFTER, CaseEvent, EventSource, new_event
 from schemas.topics import CASE_EVENTS
+from services.shared.case_view import record_case_events
 from services.shared.db import asyncpg_dsn
 from services.shared.logging import get_logger
 from services.shared.tables import outbox
@@ -118,10 +119,10 @@ _ADVANCE_KEPT_HEADS = text(
 async def emit_case_events(
     session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]], *, source: EventSource
 ) -> list[CaseEvent]:
-    """Build the next events of cases, in a few statements, and put them in the outbox; a case's
-    events get consecutive sequences in the order given. Either every event moves its case
-    (STATUS_AFTER is not None), or none does (notified, sla_*: status, tier and station are then
-    taken from the case's head and need not be given).
+    """Build the next events of cases, in a few statements, and put them in the outbox and in the
+    case read model (`case_view`); a case's events get consecutive sequences in the order given.
+    Either every event moves its case (STATUS_AFTER is not None), or none does (notified, sla_*:
+    status, tier and station are then taken from the case's head and need not be given).
 
     The heads are locked in case-id order, so two such batches lock shared heads in the same
     order; the row locks keep sequences gap-free and in commit order, as for one event.
@@ -164,7 +165,11 @@ async def emit_case_events(
         sequence = next_sequence[case_id]
         next_sequence[case_id] = sequence + 1
         built.append(new_event(name, source=source, data={**data, **place.get(case_id, {}), "sequence": sequence}))
-    await enqueue_many(session, [case_event_message(event) for event in built])
+    messages = [case_event_message(event) for event in built]
+    await enqueue_many(session, messages)
+    await record_case_events(
+        session, [(event, message.payload) for event, message in zip(built, messages, strict=True)]
+    )
     return built
 
 

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED
 from services.shared.demo import demo_network
-from services.shared.embedded import TANSU_ENV, free_port
+from services.shared.embedded import TANSU_ENV, free_port, start_postgres
 from tests.support.webhook_receiver import Receiver
 
 STARTUP_TIMEOUT = 90.0
@@ -134,6 +134,16 @@ class CaseEvents(TopicLog):
         wanted = {f"caselink.case.{n}.v1" for n in names}
         await self.wait_for(lambda _: wanted <= {e["type"] for e in self.of(case_id)}, within)
         return self.of(case_id)
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded PostgreSQL of the test module's own, not migrated (each module decides)."""
+    process, url = start_postgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield url
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ workers it touched itself (`add_load`, `invalidate`), so
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,6 @@ from services.router.batch import LiveNetwork
 from services.router.domain import Network, Worker
 from services.shared import directory
 from services.shared.db import asyncpg_dsn, session_factory, transaction
-from services.shared.embedded import start_postgres
 from services.shared.migrate import upgrade_async
 from services.shared.network import parse_network
 from tests.support.network_builder import NetworkBuilder
@@ -48,15 +47,6 @@ def build_network(*, w1_capacity: int = 10, extra_worker: bool = False) -> Netwo
     if extra_worker:
         net.worker("w4", township, ["elderly_care"])
     return net
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, url = start_postgres(tmp_path_factory.mktemp("live-network"))
-    try:
-        yield url
-    finally:
-        process.stop()
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,19 +17,9 @@ import services.notifier.tables
 import services.router.tables
 import services.shared.tables  # noqa: F401  (registers every table on the metadata)
 from services.shared.db import SCHEMAS, metadata
-from services.shared.embedded import start_postgres
 from services.shared.migrate import alembic_config, upgrade_async
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, url = start_postgres(tmp_path_factory.mktemp("migrations"))
-    try:
-        yield url
-    finally:
-        process.stop()
 
 
 def _compare(connection: Connection) -> list[Any]:

@@ -37,7 +37,6 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.time
 CONSUMERS: dict[str, list[tuple[str, str]]] = {
     REFERRALS_SUBMITTED: [("caselink-intake", "intake.submissions")],
     CASE_EVENTS: [
-        ("caselink-intake-projection", "intake.projection"),
         ("caselink-router", "router.cases"),
         ("caselink-notifier", "notifier.pushes"),
     ],

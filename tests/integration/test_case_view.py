@@ -1,0 +1,170 @@
+"""The case read model on a real PostgreSQL: whoever emits a case event writes the case's row in
+`intake.cases` and its timeline in `intake.case_events` in the same transaction, so
+
+- an accepted referral has its row at sequence 1 and its `received` entry the moment it commits;
+- the router's events move the row (status, place, assignee, deadline, escalation queue) and extend
+  the timeline in the transaction that emits them: another reader sees all of it or none of it;
+- an event recorded again (a replay) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from schemas.events import parse_case_event
+from schemas.referral import ReferralSubmission
+from services.intake.handlers import accept_submission
+from services.shared import directory
+from services.shared.case_view import record_case_events
+from services.shared.db import session_factory, transaction
+from services.shared.migrate import upgrade_async
+from services.shared.network import parse_network
+from services.shared.outbox import emit_case_events
+from tests.support.api_client import referral
+from tests.support.network_builder import NetworkBuilder
+
+pytestmark = pytest.mark.integration
+
+_ROW = text(
+    "SELECT status, tier, station_id, assignee_id, accept_by, last_sequence, escalation_reason, "
+    "escalation_station_id, escalation_closed_at FROM intake.cases WHERE case_id = :id"
+)
+_TIMELINE = text("SELECT sequence, type, event FROM intake.case_events WHERE case_id = :id ORDER BY sequence")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    await upgrade_async(database_url)
+    engine = create_async_engine(database_url)
+    net = NetworkBuilder()
+    net.station("M-CV", "city")
+    county = net.subtree("CV", city="M-CV", townships=1)
+    net.worker("w-cv", county.townships[0], ["elderly_care"])
+    factory = session_factory(engine)
+    async with transaction(factory) as session:
+        await directory.load_network(session, parse_network(net.dump_yaml()))
+    yield factory
+    await engine.dispose()
+
+
+async def new_case(sessions: async_sessionmaker[AsyncSession]) -> str:
+    """A referral for the room V-CV-1-1, accepted the way POST /v1/referrals accepts it."""
+    submission = ReferralSubmission.model_validate(referral(room_id="V-CV-1-1", submitted_by="w-cv"))
+    async with transaction(sessions) as session:
+        accepted = await accept_submission(
+            session,
+            submission,
+            submitted_by="w-cv",
+            idempotency_source="http:w-cv",
+            idempotency_key=None,
+            resident_key="test-key",
+        )
+    return accepted.case_id
+
+
+def facts(case_id: str, status: str, tier: str, station: str) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "status": status,
+        "tier": tier,
+        "station_id": station,
+        "category": "elderly_care",
+        "risk_level": "medium",
+        "resident_ref": "ref",
+    }
+
+
+async def read(sessions: async_sessionmaker[AsyncSession], case_id: str) -> tuple[Any, list[Any]]:
+    async with sessions() as session:
+        return await _read(session, case_id)
+
+
+async def _read(session: AsyncSession, case_id: str) -> tuple[Any, list[Any]]:
+    row = (await session.execute(_ROW, {"id": case_id})).one()
+    return row, list((await session.execute(_TIMELINE, {"id": case_id})).all())
+
+
+async def test_an_accepted_referral_has_its_row_and_first_timeline_entry_when_it_commits(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    case_id = await new_case(sessions)
+
+    row, timeline = await read(sessions, case_id)
+    assert (row.status, row.tier, row.station_id, row.last_sequence) == ("received", "village", "V-CV-1-1", 1)
+    [(sequence, kind, event)] = timeline
+    assert (sequence, kind) == (1, "caselink.case.received.v1")
+    assert parse_case_event(event).data.case_id == case_id
+
+
+async def test_emitted_events_move_the_row_and_extend_the_timeline_in_the_same_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    case_id = await new_case(sessions)
+    accept_by = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    routed = facts(case_id, "routed", "township", "T-CV-1") | {"rule": "default", "reason": "r"}
+    assigned = facts(case_id, "offered", "township", "T-CV-1") | {
+        "worker_id": "w-cv",
+        "accept_by": accept_by,
+        "candidates_considered": 1,
+        "score": 0.1,
+        "weight": 2,
+    }
+    async with transaction(sessions) as session:
+        await emit_case_events(session, [("routed", routed), ("assigned", assigned)], source="caselink/router")
+        row, timeline = await _read(session, case_id)
+        assert (row.status, row.assignee_id, row.accept_by, row.last_sequence) == ("offered", "w-cv", accept_by, 3)
+        before_commit, _ = await read(sessions, case_id)  # another connection: nothing yet
+        assert (before_commit.status, before_commit.last_sequence) == ("received", 1)
+
+    row, timeline = await read(sessions, case_id)
+    assert (row.status, row.tier, row.station_id, row.assignee_id, row.last_sequence) == (
+        "offered", "township", "T-CV-1", "w-cv", 3,
+    )  # fmt: skip
+    assert [(s, kind.split(".")[2]) for s, kind, _ in timeline] == [(1, "received"), (2, "routed"), (3, "assigned")]
+
+
+async def test_escalation_opens_the_queue_entry_and_taking_the_case_closes_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    case_id = await new_case(sessions)
+    escalated = facts(case_id, "escalated", "county", "C-CV") | {
+        "from_tier": "village",
+        "from_station_id": "V-CV-1-1",
+        "reason": "no_capacity",
+    }
+    async with transaction(sessions) as session:
+        await emit_case_events(session, [("escalated", escalated)], source="caselink/router")
+    row, _ = await read(sessions, case_id)
+    assert (row.status, row.escalation_reason, row.escalation_station_id, row.escalation_closed_at) == (
+        "escalated", "no_capacity", "C-CV", None,
+    )  # fmt: skip
+
+    accepted = facts(case_id, "accepted", "county", "C-CV") | {"worker_id": "w-cv"}
+    async with transaction(sessions) as session:
+        await emit_case_events(session, [("accepted", accepted)], source="caselink/router")
+    row, _ = await read(sessions, case_id)
+    assert row.status == "accepted" and row.escalation_closed_at is not None
+
+
+async def test_an_event_recorded_again_changes_nothing(sessions: async_sessionmaker[AsyncSession]) -> None:
+    case_id = await new_case(sessions)
+    routed = facts(case_id, "routed", "township", "T-CV-1") | {"rule": "default", "reason": "r"}
+    async with transaction(sessions) as session:
+        [event] = await emit_case_events(session, [("routed", routed)], source="caselink/router")
+    queued = facts(case_id, "queued", "township", "T-CV-1") | {"waiting_at": "T-CV-1"}
+    async with transaction(sessions) as session:
+        await emit_case_events(session, [("queued", queued)], source="caselink/router")
+    before = await read(sessions, case_id)
+
+    async with transaction(sessions) as session:  # `routed` again, e.g. replayed from a DLQ
+        await record_case_events(session, [(event, event.model_dump_json().encode())])
+
+    assert await read(sessions, case_id) == before
+    assert before[0].status == "queued"
