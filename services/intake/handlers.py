@@ -62,7 +62,7 @@ _ACCEPT = text(
     " SELECT CAST(:case_id AS text), CAST(:room_id AS text), CAST(:submitted_by AS text), CAST(:category AS text), "
     " CAST(:risk_level AS text), CAST(:summary AS text), CAST(:resident AS jsonb), CAST(:consent AS jsonb), "
     " CAST(:resident_ref AS text), CAST(:occurred_at AS timestamptz), 'received', CAST(:tier AS text), "
-    " CAST(:room_id AS text), 1 FROM go), "
+    " CAST(:room_id AS text), CAST(:last_sequence AS integer) FROM go), "
     "timeline AS (INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
     " SELECT CAST(:case_id AS text), 1, CAST(:event_id AS uuid), CAST(:event_type AS text), "
     " CAST(:event_time AS timestamptz), CAST(:event AS jsonb) FROM go), "
@@ -257,6 +257,7 @@ _CASE_COLUMNS = {
     "status": "text",
     "tier": "text",
     "station_id": "text",
+    "last_sequence": "integer",
 }
 # JSON columns travel as text and are cast in the database: one statement text for any batch size.
 _INSERT_CASES = text(
@@ -286,6 +287,7 @@ def _case_row(
         "status": "received",
         "tier": tier,
         "station_id": room_id,
+        "last_sequence": 1,  # as the read model has it after `received`, which is written with it
     }
 
 
