@@ -16,11 +16,11 @@ from faststream.kafka.annotations import KafkaMessage
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.commands import CommandResult
-from schemas.events import CaseEvent
+from schemas.events import CloudEvent
 from schemas.referral import KafkaReferralSubmission
 from schemas.topics import CASE_COMMAND_RESULTS, CASE_EVENTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
-from services.intake.access import request_slots
+from services.intake.access import TokenCache
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
@@ -29,10 +29,10 @@ from services.shared.consuming import (
     Delivery,
     MessageConsumer,
     Work,
-    decode_case_event,
     decode_message,
     enqueue_dead_letter,
     origin,
+    read_case_event,
 )
 from services.shared.directory import get_user
 from services.shared.logging import bind_message_context, clear_message_context
@@ -113,16 +113,16 @@ def register_consumers(runtime: Runtime) -> None:
     )
     async def on_case_events(msg: KafkaMessage) -> None:
         clear_message_context()
-        deliveries: list[Delivery[CaseEvent]] = []
+        deliveries: list[Delivery[CloudEvent]] = []
         for record in cast(tuple[ConsumerRecord, ...], msg.raw_message):
-            if (event := await decode_case_event(projection, record)) is not None:
+            if (event := await read_case_event(projection, record, handlers.PROJECTED_EVENTS)) is not None:
                 deliveries.append(Delivery(record, str(event.id), event))
         await projection.process_batch(
             deliveries,
             work=lambda session, batch: handlers.project_case_events(
                 session, [(d.item, d.record.value or b"") for d in batch]
             ),
-            work_one=lambda d: lambda session: handlers.project_case_event(session, d.item),
+            work_one=lambda d: lambda session: handlers.project_case_event(session, d.item, d.record.value or b""),
         )
 
     @runtime.broker.subscriber(CASE_COMMAND_RESULTS, **runtime.subscriber_options("caselink-intake-commands"))
@@ -156,12 +156,18 @@ def create_app(settings: Settings) -> FastAPI:
     runtime = build_runtime("intake", settings)
     register_consumers(runtime)
 
+    # POST /v1/referrals' group commit: one writer stores what the requests of this process hand it.
+    referral_writer = handlers.http_referral_writer(runtime.sessions, resident_key=settings.resident_ref_key)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        referral_writer.start()
         try:
             yield
         finally:
+            # Referrals already handed over are written (or answered 503) while the database is still there.
+            await referral_writer.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -173,7 +179,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = runtime.sessions
     app.state.runtime = runtime
-    app.state.request_slots = request_slots(settings.db_pool_size)
+    app.state.referral_writer = referral_writer
+    app.state.token_cache = TokenCache()
 
     async def broker_ready() -> bool:
         return (await runtime.ready())["broker"]
