@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import CaseEvent, EventSource
+from schemas.events import CaseEventView, CloudEvent, EventSource
 from schemas.topics import dlq
 from services.notifier import tables
 from services.notifier.adapters.base import DeliveryResult
@@ -34,19 +34,23 @@ from services.notifier.domain import (
     plan_jobs,
     recipients_needed,
 )
+from services.notifier.messages import FACT_KEYS
 from services.shared.outbox import OutboxMessage, emit_case_events, enqueue_many
 from services.shared.tables import stations, users
 
 SOURCE: EventSource = "caselink/notifier"
 CONSUMER = "notifier.pushes"
 _CHANNEL_FIELDS = ("url", "secret", "address", "phone", "template_id")
+# What the notifier reads of a case event besides its envelope and the fields every event has:
+# whom it concerns (recipients_needed) and the facts its push is worded from (FACT_KEYS).
+PUSHED_EVENTS = CaseEventView(*FACT_KEYS, "worker_id", "notify_stations")
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """A decoded case event and where it was read (`topic/partition/offset`)."""
+    """A case event (read with PUSHED_EVENTS, or in full) and where it was read (`topic/partition/offset`)."""
 
-    event: CaseEvent
+    event: CloudEvent
     origin: str
 
 
