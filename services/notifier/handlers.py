@@ -8,6 +8,7 @@ or dead receiver cannot hold up a partition. The dispatcher (dispatcher.py) send
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import uuid
 from collections.abc import Iterable
@@ -68,7 +69,22 @@ class Sent:
 
 def channel_configs(raw: list[dict[str, Any]] | None) -> tuple[ChannelConfig, ...]:
     """A network file's `notify` list as channel configs, in order."""
-    return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw or [])
+    if not raw:
+        return ()
+    try:
+        return _channel_configs(tuple(tuple(c.items()) for c in raw))
+    except TypeError:  # a value that cannot be hashed (not from a valid network file): not cached
+        return _build_channel_configs(raw)
+
+
+# A recipient's channels come back with every job of theirs the dispatcher claims: built once.
+@functools.lru_cache(maxsize=4096)
+def _channel_configs(items: tuple[tuple[tuple[str, Any], ...], ...]) -> tuple[ChannelConfig, ...]:
+    return _build_channel_configs([dict(c) for c in items])
+
+
+def _build_channel_configs(raw: list[dict[str, Any]]) -> tuple[ChannelConfig, ...]:
+    return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw)
 
 
 async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy) -> int:
