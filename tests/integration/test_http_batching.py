@@ -25,7 +25,7 @@ from services.intake.errors import install_error_handlers
 from services.intake.referral_batch import HttpSubmission
 from services.shared.db import asyncpg_dsn, create_engine, session_factory, transaction
 from services.shared.demo import demo_network
-from services.shared.directory import create_token, load_network
+from services.shared.directory import create_token, hash_token, load_network
 from services.shared.embedded import start_infrastructure
 from services.shared.migrate import upgrade_async
 from services.shared.settings import Settings
@@ -34,6 +34,7 @@ from tests.support.api_client import ROOM, ROOM_WORKER, referral
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SYSTEM = "sys-portal"
+DOOMED = "a second token of the room worker"
 POISON = "poison: the database refuses this summary"
 
 
@@ -59,6 +60,7 @@ async def db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Db]:
         async with transaction(session_factory(engine)) as session:
             await load_network(session, demo_network())
             tokens = {user: await create_token(session, user_id=user) for user in (ROOM_WORKER, SYSTEM)}
+            tokens[DOOMED] = await create_token(session, user_id=ROOM_WORKER)  # revoked by a test
         await engine.dispose()
         db = Db(infra.database_url, tokens)
         # A real database error for one kind of request: the guilty item of a batch.
@@ -169,11 +171,9 @@ async def test_the_same_key_twice_in_one_batch_makes_one_case_and_a_later_repeat
 
 
 async def test_a_token_revoked_after_it_was_cached_is_refused_alone_in_its_batch(app: App, db: Db) -> None:
-    async with transaction(session_factory(create_engine(Settings(database_url=db.url)))) as session:
-        doomed = await create_token(session, user_id=ROOM_WORKER)
+    doomed = db.tokens[DOOMED]
     assert (await app.post(referral(), token=doomed)).status_code == 202  # now in the token cache
-    await db.sql("UPDATE shared.api_tokens SET revoked_at = now() WHERE user_id = $1 AND token_hash = "
-                 "encode(sha256(convert_to($2, 'UTF8')), 'hex')", ROOM_WORKER, doomed)  # fmt: skip
+    await db.sql("UPDATE shared.api_tokens SET revoked_at = now() WHERE token_hash = $1", hash_token(doomed))
     summary = "a revoked token among good ones"
     answers = await app.held(
         app.post(referral(summary=summary)),
