@@ -2,9 +2,9 @@
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, Union, cast
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
 from schemas.common import UtcDatetime, utc_now
 from schemas.enums import CaseStatus, Category, RiskLevel, Tier
@@ -396,3 +396,70 @@ def new_event(
         data=payload,
     )
     return cast(CaseEvent, event)
+
+
+# ---- lean views: what a consumer reads of an event, without building the rest ----------------
+
+
+class _LeanData(CaseEventData):
+    # Unread fields are skipped: no Python objects for a routing explanation nobody looks at.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _LeanEnvelope(CloudEvent):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CaseEventView:
+    """Case events as a consumer that reads only some fields sees them.
+
+    Derived from the models above, never written by hand: each event type's view has the whole
+    envelope and every field of CaseEventData with their definitions, plus those of the type's
+    own fields that are named, each with the definition its full model gives it. So a view accepts
+    a superset of what parse_case_event accepts (it does not look at unnamed fields) and reads the
+    fields it has exactly as the full model would; the router still parses every event in full.
+    """
+
+    def __init__(self, *fields: str) -> None:
+        declared = {name for event_class in EVENT_CLASSES.values() for name in data_class_of(event_class).model_fields}
+        if unknown := set(fields) - declared:
+            raise ValueError(f"no case event carries {sorted(unknown)}")
+        self.fields = frozenset(fields)
+        views = tuple(self._view(event_class) for event_class in EVENT_CLASSES.values())
+        union: Any = Annotated[Union[views], Field(discriminator="type")]  # noqa: UP007  (a runtime tuple)
+        self._adapter: TypeAdapter[CloudEvent] = TypeAdapter(union)
+
+    def _view(self, event_class: type[CloudEvent]) -> type[CloudEvent]:
+        full_data = data_class_of(event_class)
+        own = {
+            name: (info.annotation, info)
+            for name, info in full_data.model_fields.items()
+            if name in self.fields and name not in CaseEventData.model_fields
+        }
+        data = create_model(f"Lean{full_data.__name__}", __base__=_LeanData, **own)  # type: ignore[call-overload]
+        type_field = event_class.model_fields["type"]
+        return cast(
+            type[CloudEvent],
+            create_model(
+                f"Lean{event_class.__name__}",
+                __base__=_LeanEnvelope,
+                type=(cast(Any, type_field.annotation), type_field),
+                data=(data, ...),
+            ),
+        )
+
+    def parse(self, raw: bytes | str) -> CloudEvent:
+        """The event in JSON `raw`, with the fields of this view (ValidationError if it is not one)."""
+        return self._adapter.validate_json(raw)
+
+
+def data_class_of(event_class: type[CloudEvent]) -> type[CaseEventData]:
+    """The `data` model of an event class."""
+    return cast(type[CaseEventData], event_class.model_fields["data"].annotation)
+
+
+def data_fields(data: CaseEventData) -> dict[str, Any]:
+    """An event's `data` as a flat dict of its parsed values: `model_dump()` of a view's data
+    without its per-field work (nested values are shared, not copied; a tolerant full model's
+    undeclared extras are left out)."""
+    return dict(vars(data))

@@ -3,8 +3,9 @@ the access log of who read which case."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
@@ -15,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.intake import tables
 from services.intake.domain import may_see_case
 from services.intake.errors import ApiError
-from services.shared.directory import User, ancestors, authenticate
+from services.shared.directory import User, ancestors, authenticate, hash_token, live_token_users
 from services.shared.settings import Settings
 
 bearer = HTTPBearer(auto_error=False)
+_UNAUTHORIZED = "the bearer token is unknown or revoked"
 
 # Identifiers in paths and queries: printable, no NUL (PostgreSQL text cannot hold one).
 _IDENTIFIER = r"^[^\x00-\x1f]+$"
@@ -32,6 +34,11 @@ StationQuery = Annotated[
 def sessions_of(request: Request) -> async_sessionmaker[AsyncSession]:
     """The app's database sessions."""
     return request.app.state.sessions
+
+
+def token_cache_of(request: Request) -> TokenCache:
+    """The app's cache of live tokens (POST /v1/referrals)."""
+    return request.app.state.token_cache
 
 
 def settings_of(request: Request) -> Settings:
@@ -48,50 +55,105 @@ async def current_user(
     async with sessions_of(request)() as session:
         user = await authenticate(session, credentials.credentials)
     if user is None:
-        raise ApiError(401, "the bearer token is unknown or revoked")
+        raise ApiError(401, _UNAUTHORIZED)
     return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-# Connections the pool keeps for intake's consumers (submissions, projection, command results).
-RESERVED_CONNECTIONS = 3
+TOKEN_CACHE_SECONDS = 5.0
 
 
-def request_slots(pool_size: int) -> asyncio.Semaphore:
-    """How many requests may hold a `request_session` at once: the pool less the consumers' share.
+class TokenCache:
+    """Users of tokens recently found live, for POST /v1/referrals' early check (a 401 before the
+    body is judged) without a query per request.
 
-    Beyond the pool's size the engine opens overflow connections and closes them again on return;
-    under steady load that is a new connection (fork, TLS attempt, codec introspection) per
-    request or so, slower than waiting here for a pooled one."""
-    return asyncio.Semaphore(max(1, pool_size - RESERVED_CONNECTIONS))
+    Never the last word on a token: the transaction that stores a referral looks its token up
+    again (and refuses it if revoked before that transaction began), and an answer that refuses
+    the referral for another reason (403, 422) confirms the token first, so a revoked token gets
+    401 as if there were no cache."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = TOKEN_CACHE_SECONDS,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._users: dict[str, tuple[User, float]] = {}
+
+    def get(self, token_hash: str) -> User | None:
+        """The user of a token found live less than `ttl` seconds ago, or None."""
+        entry = self._users.get(token_hash)
+        if entry is None:
+            return None
+        if self._clock() - entry[1] >= self._ttl:
+            del self._users[token_hash]
+            return None
+        return entry[0]
+
+    def put(self, token_hash: str, user: User) -> None:
+        """Remember that the token was live just now."""
+        if len(self._users) >= self._max_entries:
+            self._users.clear()  # a flood of distinct tokens: start again rather than grow
+        self._users[token_hash] = (user, self._clock())
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a token found revoked (or whose user changed)."""
+        self._users.pop(token_hash, None)
 
 
-async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session for a whole request; closed (rolled back unless committed) when the route returns."""
-    async with request.app.state.request_slots, sessions_of(request)() as session:
-        yield session
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The user of a request's bearer token, and the token's hash (for the batch's check)."""
+
+    user: User
+    token_hash: str
 
 
-RequestSession = Annotated[AsyncSession, Depends(request_session, scope="function")]
-
-
-async def user_in_request_session(
-    session: RequestSession, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> User:
-    """`current_user`, looked up in the transaction the route then writes in: one connection and
-    one transaction per request instead of two. Still checked before the body is parsed (401, not
-    422, for a bad token), and a token revoked before that transaction began is refused."""
+async def referral_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    """`current_user` for POST /v1/referrals, from the token cache when it can be (see TokenCache);
+    still checked before the body is parsed: 401, not 422, for a bad token."""
     if credentials is None:
         raise ApiError(401, "an Authorization: Bearer <token> header is required")
-    user = await authenticate(session, credentials.credentials)
+    token_hash = hash_token(credentials.credentials)
+    cache = token_cache_of(request)
+    user = cache.get(token_hash)
+    if user is not None:
+        request.state.unconfirmed_token = token_hash
+        return Caller(user, token_hash)
+    async with sessions_of(request)() as session:
+        user = (await live_token_users(session, [token_hash])).get(token_hash)
     if user is None:
-        raise ApiError(401, "the bearer token is unknown or revoked")
-    return user
+        raise ApiError(401, _UNAUTHORIZED)
+    cache.put(token_hash, user)
+    return Caller(user, token_hash)
 
 
-UserInRequestSession = Annotated[User, Depends(user_in_request_session)]
+ReferralCaller = Annotated[Caller, Depends(referral_caller)]
+
+
+async def confirm_cached_token(request: Request) -> None:
+    """401 if the request's caller came from the token cache and the token is no longer live: what
+    a refusal for any other reason (403, 422) checks first, so the answer is the one an
+    uncached lookup would have given."""
+    token_hash = getattr(request.state, "unconfirmed_token", None)
+    if token_hash is None:
+        return
+    request.state.unconfirmed_token = None
+    async with sessions_of(request)() as session:
+        user = (await live_token_users(session, [token_hash])).get(token_hash)
+    cache = token_cache_of(request)
+    if user is None:
+        cache.forget(token_hash)
+        raise ApiError(401, _UNAUTHORIZED)
+    cache.put(token_hash, user)
 
 
 async def visible_case(session: AsyncSession, user: User, case_id: str) -> Any:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -17,24 +18,19 @@ from services.intake import tables
 from services.intake.access import (
     CaseId,
     CurrentUser,
-    RequestSession,
-    UserInRequestSession,
+    ReferralCaller,
+    confirm_cached_token,
     record_case_read,
     sessions_of,
-    settings_of,
+    token_cache_of,
     visible_case,
 )
-from services.intake.domain import (
-    MAX_JSON_DEPTH,
-    MAX_REFERRAL_BYTES,
-    SubmissionInvalid,
-    is_json_content_type,
-    json_nesting_exceeds,
-    may_submit_for,
-)
+from services.intake.batching import GroupCommit, GroupCommitClosed
+from services.intake.domain import MAX_JSON_DEPTH, MAX_REFERRAL_BYTES, is_json_content_type, json_nesting_exceeds
 from services.intake.errors import ApiError, error_responses
-from services.intake.handlers import accept_submission
-from services.shared.db import transaction
+from services.intake.handlers import Accepted
+from services.intake.referral_batch import Forbidden, HttpSubmission, Refusal, Unauthorized, submission_refusal
+from services.shared.db import is_transient_db_error, transaction
 
 REFERRALS = Counter("caselink_referrals_total", "Referrals received over HTTP", ["outcome"])
 
@@ -71,7 +67,12 @@ class JsonBodyRoute(APIRoute):
                 message = f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep"
                 raise ApiError(422, message, fields=[FieldError(field=ROOT_FIELD, message=message)])
             request._body = bytes(body)  # FastAPI parses the body already read (Request caches it here)
-            return await handler(request)
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                # 401 comes before 422: a caller taken from the token cache is confirmed first.
+                await confirm_cached_token(request)
+                raise
 
         return checked
 
@@ -90,33 +91,48 @@ router = APIRouter(route_class=JsonBodyRoute)
 async def submit_referral(
     request: Request,
     submission: ReferralSubmission,
-    user: UserInRequestSession,
-    session: RequestSession,
+    caller: ReferralCaller,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> ReferralAccepted:
     """Submit a referral for a village room; a repeated Idempotency-Key returns the same case."""
-    if not may_submit_for(user, submission.room_id):
-        REFERRALS.labels("forbidden").inc()
-        raise ApiError(403, f"user '{user.id}' may not submit referrals for room '{submission.room_id}'")
-    if user.role == "worker" and submission.submitted_by not in (None, user.id):
-        raise ApiError(403, "a worker submits referrals in their own name (submitted_by)")
+    if forbidden := submission_refusal(caller.user, submission):
+        await confirm_cached_token(request)
+        _refuse(forbidden)
     key = idempotency_key or (str(submission.submission_id) if submission.submission_id else None)
+    item = HttpSubmission(submission, caller.user, caller.token_hash, key)
     try:
-        # The transaction the token was checked in (a failure here leaves it to roll back).
-        accepted = await accept_submission(
-            session,
-            submission,
-            submitted_by=submission.submitted_by or user.id,
-            idempotency_source=f"http:{user.id}",
-            idempotency_key=key,
-            resident_key=settings_of(request).resident_ref_key,
-        )
-        await session.commit()
-    except SubmissionInvalid as invalid:
-        REFERRALS.labels("invalid").inc()
-        raise ApiError(422, invalid.errors[0].message, fields=invalid.errors) from None
-    REFERRALS.labels("created" if accepted.created else "repeated").inc()
-    return ReferralAccepted(case_id=accepted.case_id)
+        # Answered once the transaction that stored the case and its `received` event committed.
+        outcome = await referral_writer_of(request).submit(item)
+    except GroupCommitClosed:
+        raise ApiError(503, "intake is shutting down; send the referral again (the same key is safe)") from None
+    except Exception as exc:
+        if is_transient_db_error(exc):
+            raise ApiError(503, "the database is unavailable; send the referral again (the same key is safe)") from None
+        raise
+    if isinstance(outcome, Accepted):
+        REFERRALS.labels("created" if outcome.created else "repeated").inc()
+        return ReferralAccepted(case_id=outcome.case_id)
+    if isinstance(outcome, Unauthorized):
+        token_cache_of(request).forget(caller.token_hash)
+    # The batch's transaction looked the token up itself: no need to confirm it again.
+    _refuse(outcome)
+
+
+def _refuse(refusal: Refusal) -> NoReturn:
+    """The error answer of a refused referral."""
+    if isinstance(refusal, Unauthorized):
+        raise ApiError(401, "the bearer token is unknown or revoked")
+    if isinstance(refusal, Forbidden):
+        if refusal.for_room:
+            REFERRALS.labels("forbidden").inc()
+        raise ApiError(403, refusal.message)
+    REFERRALS.labels("invalid").inc()
+    raise ApiError(422, refusal.errors[0].message, fields=refusal.errors)
+
+
+def referral_writer_of(request: Request) -> GroupCommit[HttpSubmission, Accepted | Refusal]:
+    """The app's group-commit writer of referrals."""
+    return request.app.state.referral_writer
 
 
 @router.get("/v1/cases/{case_id}", tags=["cases"], responses=error_responses(401, 404))

@@ -19,7 +19,7 @@ from schemas.commands import CommandResult
 from schemas.referral import KafkaReferralSubmission
 from schemas.topics import CASE_COMMAND_RESULTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
-from services.intake.access import request_slots
+from services.intake.access import TokenCache
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
@@ -138,12 +138,18 @@ def create_app(settings: Settings) -> FastAPI:
     runtime = build_runtime("intake", settings)
     register_consumers(runtime)
 
+    # POST /v1/referrals' group commit: one writer stores what the requests of this process hand it.
+    referral_writer = handlers.http_referral_writer(runtime.sessions, resident_key=settings.resident_ref_key)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        referral_writer.start()
         try:
             yield
         finally:
+            # Referrals already handed over are written (or answered 503) while the database is still there.
+            await referral_writer.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -155,7 +161,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = runtime.sessions
     app.state.runtime = runtime
-    app.state.request_slots = request_slots(settings.db_pool_size)
+    app.state.referral_writer = referral_writer
+    app.state.token_cache = TokenCache()
 
     async def broker_ready() -> bool:
         return (await runtime.ready())["broker"]

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.commands import CommandResult
 from schemas.events import EventSource, new_event
 from schemas.referral import FieldError, KafkaReferralSubmission, ReferralSubmission, RejectedSubmission
 from schemas.topics import REFERRALS_REJECTED
-from services.intake import tables
+from services.intake import referral_batch, tables
+from services.intake.batching import GroupCommit
 from services.intake.domain import (
     VILLAGE,
     SubmissionInvalid,
@@ -24,7 +26,9 @@ from services.intake.domain import (
     room_problems,
     submitter_problems,
 )
-from services.shared.directory import StationRow, User
+from services.intake.referral_batch import HttpSubmission
+from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, sqlstate_of, transaction
+from services.shared.directory import StationRow, User, live_token_users
 from services.shared.logging import bind_message_context, get_logger
 from services.shared.outbox import NOTIFY_CHANNEL, case_event_message, emit_case_events, enqueue
 from services.shared.time import utc_now
@@ -162,11 +166,67 @@ async def record_command_result(session: AsyncSession, result: CommandResult) ->
 
 _USERS = text("SELECT id, role, station_id, name FROM shared.users WHERE id = ANY(CAST(:ids AS text[]))")
 _STATIONS = text("SELECT id, name, tier, parent_id FROM shared.stations WHERE id = ANY(CAST(:ids AS text[]))")
+# Claimed in (source, key) order, so two batches sharing keys (two intake processes) wait on each
+# other in the same order instead of deadlocking; a key claimed by a transaction still in flight
+# waits for it, and is then either ours (it rolled back) or found by _EARLIER_CASES (it committed).
 _CLAIM_KEYS = text(
     "INSERT INTO intake.submission_keys (source, key, case_id) "
-    "SELECT CAST(:source AS text), k.key, k.case_id FROM unnest(CAST(:keys AS text[]), CAST(:case_ids AS text[])) "
-    "AS k(key, case_id) ORDER BY k.key ON CONFLICT DO NOTHING RETURNING key"
+    "SELECT k.source, k.key, k.case_id FROM unnest(CAST(:sources AS text[]), CAST(:keys AS text[]), "
+    "CAST(:case_ids AS text[])) AS k(source, key, case_id) ORDER BY k.source, k.key "
+    "ON CONFLICT DO NOTHING RETURNING source, key"
 )
+_EARLIER_CASES = text(
+    "SELECT k.source, k.key, k.case_id FROM intake.submission_keys k "
+    "JOIN unnest(CAST(:sources AS text[]), CAST(:keys AS text[])) AS w(source, key) "
+    "ON k.source = w.source AND k.key = w.key"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewCase:
+    """A checked submission to store as a new case, unless its idempotency key was claimed before."""
+
+    submission: ReferralSubmission
+    submitted_by: str
+    room: StationRow
+    source: str
+    key: str | None  # None: no idempotency, always a new case
+    case_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+async def store_new_cases(session: AsyncSession, new: Sequence[NewCase], *, resident_key: str) -> list[Accepted]:
+    """Claim the keys, store the cases whose key was free (or who have none) and put their
+    `received` events in the outbox, in a constant number of statements; by position, the new case
+    or the earlier one of a repeated key. A (source, key) may appear only once in `new`."""
+    keyed = [n for n in new if n.key is not None]
+    claimed: set[tuple[str, str]] = set()
+    if keyed:
+        claims = {"sources": [n.source for n in keyed], "keys": [n.key for n in keyed]}
+        rows = await session.execute(_CLAIM_KEYS, claims | {"case_ids": [n.case_id for n in keyed]})
+        claimed = {(row.source, row.key) for row in rows}
+    earlier: dict[tuple[str, str], str] = {}
+    if repeated := [n for n in keyed if (n.source, n.key) not in claimed]:
+        found = await session.execute(
+            _EARLIER_CASES, {"sources": [n.source for n in repeated], "keys": [n.key for n in repeated]}
+        )
+        earlier = {(row.source, row.key): str(row.case_id) for row in found}
+    accepted: list[Accepted] = []
+    case_rows: list[dict[str, Any]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
+    for n in new:
+        if n.key is not None and (n.source, n.key) not in claimed:
+            accepted.append(Accepted(case_id=earlier[(n.source, n.key)], created=False))
+            continue
+        ref = resident_ref(n.submission.resident, key=resident_key)
+        where = {"case_id": n.case_id, "room_id": n.room.id, "tier": n.room.tier, "submitted_by": n.submitted_by}
+        case_rows.append(_case_row(n.submission, **where, ref=ref))
+        events.append(("received", _received_data(n.submission, **where, ref=ref)))
+        accepted.append(Accepted(case_id=n.case_id, created=True))
+        log.debug("intake.case_received", case_id=n.case_id, category=str(n.submission.category))
+    if case_rows:
+        await session.execute(_INSERT_CASES, {column: [row[column] for row in case_rows] for column in _CASE_COLUMNS})
+        await emit_case_events(session, events, source=SOURCE)
+    return accepted
 
 
 @dataclass(frozen=True)
@@ -207,40 +267,80 @@ async def accept_kafka_submissions(
             refused.append((position, Refusal(SubmissionInvalid(problems, submission_id=key), key)))
         elif key not in fresh:
             fresh[key] = (submission, str(uuid.uuid4()))
-    accepted: list[Accepted] = []
     if not fresh:
-        return accepted, refused
-    keys = list(fresh)
-    claimed = set(
-        (
-            await session.execute(
-                _CLAIM_KEYS, {"source": "kafka", "keys": keys, "case_ids": [fresh[k][1] for k in keys]}
-            )
-        ).scalars()
-    )
-    if repeated := [k for k in keys if k not in claimed]:
-        keys_c = tables.submission_keys.c
-        earlier = await session.execute(
-            select(keys_c.key, keys_c.case_id).where(keys_c.source == "kafka", keys_c.key.in_(repeated))
+        return [], refused
+    new = [
+        NewCase(submission, submission.submitted_by, rooms[submission.room_id], "kafka", key, case_id)
+        for key, (submission, case_id) in fresh.items()
+    ]
+    return await store_new_cases(session, new, resident_key=resident_key), refused
+
+
+async def accept_http_submissions(
+    session: AsyncSession, items: Sequence[HttpSubmission], *, resident_key: str
+) -> list[Accepted | referral_batch.Refusal]:
+    """`accept_submission` for a batch of HTTP referrals, in one transaction and a constant number
+    of statements; by position, each one's case or refusal.
+
+    The tokens are looked up again here, in the transaction that writes: a token revoked before it
+    began is refused even if the route found it in its cache. Items with the same key from the
+    same user get one case, the first one's; a refused item stores nothing.
+    """
+    room_ids, token_hashes = referral_batch.rooms_and_tokens(items)
+    live = await live_token_users(session, token_hashes)
+    rooms = {
+        row.id: StationRow(row.id, row.name, row.tier, row.parent_id)
+        for row in await session.execute(_STATIONS, {"ids": room_ids})
+    }
+    refused = referral_batch.judge_batch(items, live, rooms)
+    owner = referral_batch.share_cases(items, [p for p in range(len(items)) if p not in refused])
+    owners = sorted(set(owner.values()))
+    new = [
+        NewCase(
+            items[p].submission,
+            items[p].submission.submitted_by or items[p].user.id,
+            rooms[items[p].submission.room_id],
+            items[p].source,
+            items[p].key,
         )
-        accepted += [Accepted(case_id=str(row.case_id), created=False) for row in earlier]
-    rows: list[dict[str, Any]] = []
-    events: list[tuple[str, dict[str, Any]]] = []
-    for key in keys:
-        if key not in claimed:
-            continue
-        submission, case_id = fresh[key]
-        room = rooms[submission.room_id]
-        ref = resident_ref(submission.resident, key=resident_key)
-        where = {"case_id": case_id, "room_id": room.id, "tier": room.tier, "submitted_by": submission.submitted_by}
-        rows.append(_case_row(submission, **where, ref=ref))
-        events.append(("received", _received_data(submission, **where, ref=ref)))
-        accepted.append(Accepted(case_id=case_id, created=True))
-        log.debug("intake.case_received", case_id=case_id, category=str(submission.category))
-    if rows:
-        await session.execute(_INSERT_CASES, {column: [row[column] for row in rows] for column in _CASE_COLUMNS})
-        await emit_case_events(session, events, source=SOURCE)
-    return accepted, refused
+        for p in owners
+    ]
+    stored = dict(zip(owners, await store_new_cases(session, new, resident_key=resident_key), strict=True))
+    outcomes: list[Accepted | referral_batch.Refusal] = []
+    for position in range(len(items)):
+        if position in refused:
+            outcomes.append(refused[position])
+        elif owner[position] == position:
+            outcomes.append(stored[position])
+        else:  # the same key earlier in this batch: its case, created by that request, not this one
+            outcomes.append(Accepted(case_id=stored[owner[position]].case_id, created=False))
+    return outcomes
+
+
+async def write_http_batch(
+    sessions: async_sessionmaker[AsyncSession], items: Sequence[HttpSubmission], *, resident_key: str
+) -> list[Accepted | referral_batch.Refusal]:
+    """`accept_http_submissions` in a transaction of its own, committed before it returns."""
+    async with transaction(sessions) as session:
+        return await accept_http_submissions(session, items, resident_key=resident_key)
+
+
+def http_referral_writer(
+    sessions: async_sessionmaker[AsyncSession], *, resident_key: str
+) -> GroupCommit[HttpSubmission, Accepted | referral_batch.Refusal]:
+    """The group-commit writer of POST /v1/referrals (the app starts and stops it)."""
+    return GroupCommit(
+        lambda items: write_http_batch(sessions, items, resident_key=resident_key),
+        retry_alone=worth_writing_alone,
+        name="intake-referrals",
+    )
+
+
+def worth_writing_alone(error: BaseException) -> bool:
+    """Whether the items of a batch that failed with `error` should be written again one by one:
+    yes, to find the one at fault, unless the database is unreachable (nobody's fault; each would
+    only wait for the same failure). A deadlock or serialization failure is retried alone."""
+    return not is_transient_db_error(error) or sqlstate_of(error) in RETRYABLE_SQLSTATES
 
 
 _CASE_COLUMNS = {

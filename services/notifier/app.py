@@ -14,13 +14,13 @@ from schemas.topics import CASE_EVENTS
 from services.notifier.channels import build_channels
 from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
 from services.notifier.domain import NoisePolicy, RetryPolicy, purpose_of
-from services.notifier.handlers import CONSUMER, Incoming, store_jobs
+from services.notifier.handlers import CONSUMER, PUSHED_EVENTS, Incoming, store_jobs
 from services.shared.consuming import (
     MessageConsumer,
     batch_subscriber,
-    decode_case_event,
     event_type_header,
     origin,
+    read_case_event,
 )
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.runtime import Runtime, build_runtime
@@ -65,7 +65,7 @@ def create_service(settings: Settings) -> Runtime:
             # received, routed, notified...); a record without the header is read to find out.
             if (named := event_type_header(record)) is not None and purpose_of(named) is None:
                 continue
-            event = await decode_case_event(consumer, record)
+            event = await read_case_event(consumer, record, PUSHED_EVENTS)
             # Only the types that may push; store_jobs asks each event whom it concerns.
             if event is not None and purpose_of(event.type) is not None:
                 batch.append(Incoming(event, origin(record)))

@@ -8,6 +8,7 @@ or dead receiver cannot hold up a partition. The dispatcher (dispatcher.py) send
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import uuid
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import CaseEvent, EventSource
+from schemas.events import CaseEventView, CloudEvent, EventSource
 from schemas.topics import dlq
 from services.notifier import tables
 from services.notifier.adapters.base import DeliveryResult
@@ -34,19 +35,23 @@ from services.notifier.domain import (
     plan_jobs,
     recipients_needed,
 )
+from services.notifier.messages import FACT_KEYS
 from services.shared.outbox import OutboxMessage, emit_case_events, enqueue_many
 from services.shared.tables import stations, users
 
 SOURCE: EventSource = "caselink/notifier"
 CONSUMER = "notifier.pushes"
 _CHANNEL_FIELDS = ("url", "secret", "address", "phone", "template_id")
+# What the notifier reads of a case event besides its envelope and the fields every event has:
+# whom it concerns (recipients_needed) and the facts its push is worded from (FACT_KEYS).
+PUSHED_EVENTS = CaseEventView(*FACT_KEYS, "worker_id", "notify_stations")
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """A decoded case event and where it was read (`topic/partition/offset`)."""
+    """A case event (read with PUSHED_EVENTS, or in full) and where it was read (`topic/partition/offset`)."""
 
-    event: CaseEvent
+    event: CloudEvent
     origin: str
 
 
@@ -64,7 +69,22 @@ class Sent:
 
 def channel_configs(raw: list[dict[str, Any]] | None) -> tuple[ChannelConfig, ...]:
     """A network file's `notify` list as channel configs, in order."""
-    return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw or [])
+    if not raw:
+        return ()
+    try:
+        return _channel_configs(tuple(tuple(c.items()) for c in raw))
+    except TypeError:  # a value that cannot be hashed (not from a valid network file): not cached
+        return _build_channel_configs(raw)
+
+
+# A recipient's channels come back with every job of theirs the dispatcher claims: built once.
+@functools.lru_cache(maxsize=4096)
+def _channel_configs(items: tuple[tuple[tuple[str, Any], ...], ...]) -> tuple[ChannelConfig, ...]:
+    return _build_channel_configs([dict(c) for c in items])
+
+
+def _build_channel_configs(raw: list[dict[str, Any]]) -> tuple[ChannelConfig, ...]:
+    return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw)
 
 
 async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy) -> int:

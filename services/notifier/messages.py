@@ -8,6 +8,7 @@ system, and its recipient's role does not entitle them to more than category, ri
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -173,6 +174,12 @@ def deadline_text(deadline: object) -> tuple[str, str]:
     """A deadline as Beijing wall-clock text, in Chinese and in English."""
     if not isinstance(deadline, str) or not deadline:
         return "未知时间", "an unknown time"
+    return _deadline_text(deadline)
+
+
+# A job's deadline is worded when the job is stored and again when it is sent (or digested).
+@functools.lru_cache(maxsize=4096)
+def _deadline_text(deadline: str) -> tuple[str, str]:
     try:
         moment = datetime.fromisoformat(deadline)
     except ValueError:
@@ -181,7 +188,9 @@ def deadline_text(deadline: object) -> tuple[str, str]:
         moment = moment.replace(tzinfo=UTC)
     local = moment.astimezone(BEIJING)
     # The date matters: a low-risk offer may run 24 hours, so a bare HH:MM is ambiguous.
-    return f"{local.month}月{local.day}日 {local:%H:%M}", f"{local:%Y-%m-%d %H:%M} (Beijing time)"
+    clock = f"{local.hour:02d}:{local.minute:02d}"  # not strftime, which costs more than the rest together
+    day = f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+    return f"{local.month}月{local.day}日 {clock}", f"{day} {clock} (Beijing time)"
 
 
 def waiting_words(seconds: float) -> tuple[str, str]:

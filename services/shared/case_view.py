@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import CaseEvent, event_name
+from schemas.events import CaseEvent, data_fields, event_name
 from services.intake.domain import QueueEntry, next_queue_entry
 from services.shared.time import utc_now
 
@@ -114,7 +114,7 @@ def projected_changes(event: CaseEvent, current: Mapping[str, Any]) -> dict[str,
         "updated_at": utc_now(),
     }
     name = event_name(event.type)
-    fields = data.model_dump()
+    fields = data_fields(data)
     if name == "assigned":
         changes |= {
             "assignee_id": fields["worker_id"],

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.events import EVENT_CLASSES, CaseEvent, event_type, parse_case_event
+from schemas.events import EVENT_CLASSES, CaseEvent, CaseEventView, CloudEvent, event_type, parse_case_event
 from schemas.topics import dlq
 from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, sqlstate_of, transaction
 from services.shared.inbox import claim, claim_many
@@ -35,6 +35,7 @@ log = get_logger(__name__)
 Work = Callable[[AsyncSession], Awaitable[object]]
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +280,18 @@ _KNOWN_TYPES = frozenset(event_type(name) for name in EVENT_CLASSES)
 async def decode_case_event(consumer: MessageConsumer, record: Any) -> CaseEvent | None:
     """The case event in a record, or None: undecodable ones are dead-lettered, and types this
     version does not know (a newer producer's `.v2`) are skipped, as schema evolution allows."""
+    return await _decode_case_event(consumer, record, parse_case_event)
+
+
+async def read_case_event(consumer: MessageConsumer, record: Any, view: CaseEventView) -> CloudEvent | None:
+    """`decode_case_event` for a consumer that reads only the fields of `view` (cheaper: the rest,
+    a routing explanation say, is not built); it dead-letters and skips the same way."""
+    return await _decode_case_event(consumer, record, view.parse)
+
+
+async def _decode_case_event(consumer: MessageConsumer, record: Any, parse: Callable[[bytes], E]) -> E | None:
     try:
-        return parse_case_event(record.value)
+        return parse(record.value)
     except ValidationError as exc:
         try:
             type_ = json.loads(record.value).get("type")

@@ -106,16 +106,24 @@ async def revoke_tokens(session: AsyncSession, *, user_id: str) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+# A constant text: asyncpg prepares it once per connection.
+_LIVE_TOKENS = text(
+    "SELECT t.token_hash, u.id, u.role, u.station_id, u.name FROM shared.api_tokens t "
+    "JOIN shared.users u ON u.id = t.user_id "
+    "WHERE t.token_hash = ANY(CAST(:hashes AS text[])) AND t.revoked_at IS NULL"
+)
+
+
 async def authenticate(session: AsyncSession, token: str) -> User | None:
     """The user a live token belongs to, or None."""
-    row = (
-        await session.execute(
-            select(users.c.id, users.c.role, users.c.station_id, users.c.name)
-            .join(api_tokens, api_tokens.c.user_id == users.c.id)
-            .where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
-        )
-    ).first()
-    return User(id=row.id, role=row.role, station_id=row.station_id, name=row.name) if row else None
+    token_hash = hash_token(token)
+    return (await live_token_users(session, [token_hash])).get(token_hash)
+
+
+async def live_token_users(session: AsyncSession, token_hashes: list[str]) -> dict[str, User]:
+    """The users of those of these token hashes that are live (issued and not revoked), by hash."""
+    rows = await session.execute(_LIVE_TOKENS, {"hashes": token_hashes})
+    return {row.token_hash: User(id=row.id, role=row.role, station_id=row.station_id, name=row.name) for row in rows}
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User | None:

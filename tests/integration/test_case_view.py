@@ -1,7 +1,8 @@
 """The case read model on a real PostgreSQL: whoever emits a case event writes the case's row in
 `intake.cases` and its timeline in `intake.case_events` in the same transaction, so
 
-- an accepted referral has its row at sequence 1 and its `received` entry the moment it commits;
+- an accepted referral (in bulk or by the one-statement path) has its row at sequence 1 and its
+  `received` entry the moment it commits;
 - the router's events move the row (status, place, assignee, deadline, escalation queue) and extend
   the timeline in the transaction that emits them: another reader sees all of it or none of it;
 - an event recorded again (a replay) changes nothing.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from schemas.events import parse_case_event
-from schemas.referral import ReferralSubmission
-from services.intake.handlers import accept_submission
+from schemas.referral import KafkaReferralSubmission, ReferralSubmission
+from services.intake.handlers import accept_kafka_submissions, accept_submission
 from services.shared import directory
 from services.shared.case_view import record_case_events
 from services.shared.db import session_factory, transaction
@@ -46,7 +48,7 @@ async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncS
     net = NetworkBuilder()
     net.station("M-CV", "city")
     county = net.subtree("CV", city="M-CV", townships=1)
-    net.worker("w-cv", county.townships[0], ["elderly_care"])
+    net.worker("w-cv", county.room(), ["elderly_care"])  # a room worker may submit for the room
     factory = session_factory(engine)
     async with transaction(factory) as session:
         await directory.load_network(session, parse_network(net.dump_yaml()))
@@ -54,18 +56,23 @@ async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncS
     await engine.dispose()
 
 
-async def new_case(sessions: async_sessionmaker[AsyncSession]) -> str:
-    """A referral for the room V-CV-1-1, accepted the way POST /v1/referrals accepts it."""
-    submission = ReferralSubmission.model_validate(referral(room_id="V-CV-1-1", submitted_by="w-cv"))
+async def new_case(sessions: async_sessionmaker[AsyncSession], *, batch: bool = True) -> str:
+    """A referral for the room V-CV-1-1, accepted in bulk (HTTP group commit and Kafka batches) or
+    by the one-statement path (a Kafka submission handled on its own)."""
+    body = referral(room_id="V-CV-1-1", submitted_by="w-cv", submission_id=str(uuid.uuid4()))
     async with transaction(sessions) as session:
-        accepted = await accept_submission(
-            session,
-            submission,
-            submitted_by="w-cv",
-            idempotency_source="http:w-cv",
-            idempotency_key=None,
-            resident_key="test-key",
-        )
+        if batch:
+            submission = KafkaReferralSubmission.model_validate(body)
+            [accepted], _ = await accept_kafka_submissions(session, [submission], resident_key="test-key")
+        else:
+            accepted = await accept_submission(
+                session,
+                ReferralSubmission.model_validate(body),
+                submitted_by="w-cv",
+                idempotency_source="kafka",
+                idempotency_key=body["submission_id"],
+                resident_key="test-key",
+            )
     return accepted.case_id
 
 
@@ -91,10 +98,11 @@ async def _read(session: AsyncSession, case_id: str) -> tuple[Any, list[Any]]:
     return row, list((await session.execute(_TIMELINE, {"id": case_id})).all())
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["in-bulk", "one-statement"])
 async def test_an_accepted_referral_has_its_row_and_first_timeline_entry_when_it_commits(
-    sessions: async_sessionmaker[AsyncSession],
+    sessions: async_sessionmaker[AsyncSession], batch: bool
 ) -> None:
-    case_id = await new_case(sessions)
+    case_id = await new_case(sessions, batch=batch)
 
     row, timeline = await read(sessions, case_id)
     assert (row.status, row.tier, row.station_id, row.last_sequence) == ("received", "village", "V-CV-1-1", 1)

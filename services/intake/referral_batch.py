@@ -1,0 +1,96 @@
+"""What each HTTP referral of a group-committed batch gets, decided without I/O: refused (token no
+longer live, not allowed, room not a village room) or stored, and which ones share a case because
+they carry the same idempotency key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from schemas.referral import ReferralSubmission
+from services.intake.domain import SubmissionInvalid, may_submit_for, room_problems
+from services.shared.directory import StationRow, User
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSubmission:
+    """A referral whose body and caller the route has checked, waiting for the batch that stores it."""
+
+    submission: ReferralSubmission
+    user: User  # as the route authenticated it (perhaps from the token cache)
+    token_hash: str
+    key: str | None  # Idempotency-Key, else the body's submission_id
+
+    @property
+    def source(self) -> str:
+        """Whose idempotency keys these are: a key is one user's, not everyone's."""
+        return f"http:{self.user.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Unauthorized:
+    """The token was revoked (or its user changed) before the batch's transaction began."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forbidden:
+    """The caller may not submit this referral; `for_room` when it is the room they may not submit for."""
+
+    message: str
+    for_room: bool
+
+
+Refusal = Unauthorized | Forbidden | SubmissionInvalid
+
+
+def submission_refusal(user: User, submission: ReferralSubmission) -> Forbidden | None:
+    """Why `user` may not submit this referral, or None: only a room's own worker or a system user
+    submits for it, and a worker only in their own name."""
+    if not may_submit_for(user, submission.room_id):
+        return Forbidden(f"user '{user.id}' may not submit referrals for room '{submission.room_id}'", for_room=True)
+    if user.role == "worker" and submission.submitted_by not in (None, user.id):
+        return Forbidden("a worker submits referrals in their own name (submitted_by)", for_room=False)
+    return None
+
+
+def judge_referral(item: HttpSubmission, live_user: User | None, room: StationRow | None) -> Refusal | None:
+    """The refusal of one referral as its batch's transaction sees the token and the room, in the
+    order one request alone answers: 401, then 403, then 422; None when it may be stored."""
+    if live_user is None or live_user != item.user:
+        return Unauthorized()
+    if forbidden := submission_refusal(live_user, item.submission):
+        return forbidden
+    if problems := room_problems(item.submission.room_id, room):
+        return SubmissionInvalid(problems, submission_id=item.key)
+    return None
+
+
+def share_cases(items: Sequence[HttpSubmission], stored: Sequence[int]) -> dict[int, int]:
+    """For the positions in `stored`, the position whose new case each gets: itself, or the first
+    earlier item with the same (source, key). Items without a key each get a case of their own."""
+    first: dict[tuple[str, str], int] = {}
+    owner: dict[int, int] = {}
+    for position in stored:
+        item = items[position]
+        if item.key is None:
+            owner[position] = position
+        else:
+            owner[position] = first.setdefault((item.source, item.key), position)
+    return owner
+
+
+def rooms_and_tokens(items: Sequence[HttpSubmission]) -> tuple[list[str], list[str]]:
+    """The distinct room ids and token hashes of a batch, sorted (what its transaction looks up)."""
+    return sorted({i.submission.room_id for i in items}), sorted({i.token_hash for i in items})
+
+
+def judge_batch(
+    items: Sequence[HttpSubmission], live: Mapping[str, User], rooms: Mapping[str, StationRow]
+) -> dict[int, Refusal]:
+    """The refused items of a batch, by position."""
+    refused: dict[int, Refusal] = {}
+    for position, item in enumerate(items):
+        refusal = judge_referral(item, live.get(item.token_hash), rooms.get(item.submission.room_id))
+        if refusal is not None:
+            refused[position] = refusal
+    return refused
