@@ -159,7 +159,10 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         processes = _start_services(_service_env(settings, infra, args), data_dir)
         _wait_ready(processes, data_dir, http)
         endpoints = {"http": http, "kafka_bootstrap": infra.kafka_bootstrap, "database_url": infra.database_url}
-        endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
+        # Written whole, then renamed: whoever waits for the file never reads it half-written.
+        partial = endpoints_file.with_suffix(".json.partial")
+        partial.write_text(json.dumps(endpoints, indent=2) + "\n")
+        partial.replace(endpoints_file)
         print(_banner(http, tokens, endpoints_file, started), flush=True)
         while not stop["signal"]:
             for name, proc in processes.items():
