@@ -5,11 +5,9 @@ Safety is the per-message path's (handlers.py): every reservation is a condition
 only succeeds while the worker is on duty and the case still fits, so a stale snapshot can cost a
 retry but never overfill a worker. The batch's worker rows are locked in worker-id order before
 they are updated, the order every other router transaction takes them in, so replicas queue
-instead of deadlocking; and they are locked last, after the batch's rows and events are written,
-so another replica waits for them only from there to the commit. If any reservation fails
-(another replica took the capacity meanwhile), the attempt (rows, events, reservations) rolls back
-to a savepoint and the batch is decided again on loads read afresh; after PLACEMENT_ATTEMPTS the
-messages go through the per-message path one by one.
+instead of deadlocking. If any reservation fails (another replica took the capacity meanwhile),
+the reservations roll back to a savepoint and the batch is decided again on loads read afresh; after
+PLACEMENT_ATTEMPTS the messages go through the per-message path one by one.
 """
 
 from __future__ import annotations
@@ -152,20 +150,14 @@ async def route_received_batch(
         # Loads as they are now: a failed attempt's offers were never made, and this re-reads them.
         network = await live.refresh(session)
         placed, reservations = _decide(todo, policy, network, live, {ref: set(ws) for ref, ws in served.items()})
-        attempt = await session.begin_nested()
-        await _store(session, placed)
-        events = [event for _, decision in placed for event in decision_events(decision)]
-        assert all(STATUS_AFTER[name] is not None for name, _ in events), "a received case's events all move it"
-        await emit_case_events(session, events, source=SOURCE)
-        # The workers last: their rows stay locked only from here to the commit, and the other
-        # replicas' batches reserve from the same workers (locking them before the writes above
-        # had two routers waiting on each other's whole batch).
         if await _reserve(session, reservations):
-            await attempt.commit()
             break
-        await attempt.rollback()
     else:
         raise OneByOne("capacity kept changing under the batch's snapshots")
+    await _store(session, placed)
+    events = [event for _, decision in placed for event in decision_events(decision)]
+    assert all(STATUS_AFTER[name] is not None for name, _ in events), "a received case's events all move it"
+    await emit_case_events(session, events, source=SOURCE)
     for _, decision in placed:
         state = decision.state
         log.debug("router.case_routed", case_id=state.facts.case_id, rule=state.rule, status=state.status)
@@ -192,14 +184,18 @@ def _decide(
 
 
 async def _reserve(session: AsyncSession, reservations: dict[str, int]) -> bool:
-    """Reserve every worker's share; False if any does not fit (the caller rolls the attempt back,
-    which also drops the row locks)."""
+    """Reserve every worker's share at once, or nothing (the savepoint also drops the row locks)."""
     if not reservations:
         return True
     workers = sorted(reservations)
+    savepoint = await session.begin_nested()
     await session.execute(_LOCK_WORKERS, {"ids": workers})
     reserved = await session.execute(_RESERVE, {"ids": workers, "weights": [reservations[w] for w in workers]})
-    return len(reserved.all()) == len(workers)
+    if len(reserved.all()) == len(workers):
+        await savepoint.commit()
+        return True
+    await savepoint.rollback()
+    return False
 
 
 async def _store(session: AsyncSession, placed: list[tuple[CaseReceived, Decision]]) -> None:
