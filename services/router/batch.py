@@ -5,9 +5,10 @@ Safety is the per-message path's (handlers.py): every reservation is a condition
 only succeeds while the worker is on duty and the case still fits, so a stale snapshot can cost a
 retry but never overfill a worker. The batch's worker rows are locked in worker-id order before
 they are updated, the order every other router transaction takes them in, so replicas queue
-instead of deadlocking. If any reservation fails (another replica took the capacity meanwhile),
-the reservations roll back to a savepoint and the batch is decided again on loads read afresh; after
-PLACEMENT_ATTEMPTS the messages go through the per-message path one by one.
+instead of deadlocking. A reservation that no longer fits (another replica took the capacity
+meanwhile) is not made, and only the cases offered to that worker are decided again, on loads read
+afresh; the rest of the batch keeps its reservations. If some still do not fit after
+PLACEMENT_ATTEMPTS, the messages go through the per-message path one by one.
 """
 
 from __future__ import annotations
@@ -146,11 +147,17 @@ async def route_received_batch(
     refs = sorted({event.data.resident_ref for event in todo})
     for row in await session.execute(_SERVED_BEFORE, {"refs": refs}):
         served[row.resident_ref].add(row.worker_id)
+    placed: list[tuple[CaseReceived, Decision]] = []
     for _ in range(PLACEMENT_ATTEMPTS):
         # Loads as they are now: a failed attempt's offers were never made, and this re-reads them.
         network = await live.refresh(session)
-        placed, reservations = _decide(todo, policy, network, live, {ref: set(ws) for ref, ws in served.items()})
-        if await _reserve(session, reservations):
+        decided, reservations = _decide(todo, policy, network, live, {ref: set(ws) for ref, ws in served.items()})
+        full = await _reserve(session, reservations)
+        # The cases offered to a worker who no longer had room are decided again on fresh loads;
+        # the others keep their reservations.
+        placed += [(event, decision) for event, decision in decided if _offered_to(decision) not in full]
+        todo = [event for event, decision in decided if _offered_to(decision) in full]
+        if not todo:
             break
     else:
         raise OneByOne("capacity kept changing under the batch's snapshots")
@@ -183,19 +190,19 @@ def _decide(
     return placed, reservations
 
 
-async def _reserve(session: AsyncSession, reservations: dict[str, int]) -> bool:
-    """Reserve every worker's share at once, or nothing (the savepoint also drops the row locks)."""
+async def _reserve(session: AsyncSession, reservations: dict[str, int]) -> set[str]:
+    """Reserve each worker's share of the batch where it still fits; the workers it did not fit
+    (another replica took the capacity meanwhile, or the worker went off duty)."""
     if not reservations:
-        return True
+        return set()
     workers = sorted(reservations)
-    savepoint = await session.begin_nested()
     await session.execute(_LOCK_WORKERS, {"ids": workers})
     reserved = await session.execute(_RESERVE, {"ids": workers, "weights": [reservations[w] for w in workers]})
-    if len(reserved.all()) == len(workers):
-        await savepoint.commit()
-        return True
-    await savepoint.rollback()
-    return False
+    return set(workers) - set(reserved.scalars())
+
+
+def _offered_to(decision: Decision) -> str | None:
+    return decision.offer.worker_id if decision.offer is not None else None
 
 
 async def _store(session: AsyncSession, placed: list[tuple[CaseReceived, Decision]]) -> None:

@@ -12,9 +12,10 @@ workers it touched itself (`add_load`, `invalidate`), so
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -22,9 +23,11 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from schemas.events import CaseReceived, new_event
 from services.router import batch
 from services.router.batch import LiveNetwork
 from services.router.domain import Network, Worker
+from services.router.policy import default_policy
 from services.shared import directory
 from services.shared.db import asyncpg_dsn, session_factory, transaction
 from services.shared.migrate import upgrade_async
@@ -221,3 +224,66 @@ async def test_a_directory_change_reloads_the_network(
     network = await refresh(sessions, live)
     assert worker(network, "w1").capacity == 4
     assert worker(network, "w4").load == 0
+
+
+# ------------------------------------------------- a batch whose reservations another replica beat
+
+
+async def received(sessions: async_sessionmaker[AsyncSession], n: int) -> CaseReceived:
+    """A new case's `received` event (and its head, as intake writes it) for the township's room."""
+    room = build_network().stations["V-LN-1-1"]["id"]
+    data = {
+        "case_id": f"lv-{n}-{uuid.uuid4()}", "status": "received", "tier": "village", "station_id": room,
+        "category": "elderly_care", "risk_level": "medium", "resident_ref": f"ref-{n}", "sequence": 1,
+        "room_id": room, "submitted_by": "w1",
+    }  # fmt: skip
+    async with transaction(sessions) as session:
+        await session.execute(
+            text("INSERT INTO shared.case_heads VALUES (:id, 1, 'received', 'village', :room)"),
+            {"id": data["case_id"], "room": room},
+        )
+    return cast(CaseReceived, new_event("received", source="caselink/intake", data=data))
+
+
+async def test_a_batch_decides_again_only_the_cases_of_a_worker_another_replica_filled_meanwhile(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = [await received(sessions, n) for n in range(6)]
+    decided: list[list[tuple[str, str | None]]] = []  # per attempt: (case, worker offered)
+    filled: list[str] = []
+    decide, reserve = batch._decide, batch._reserve
+
+    def spy_decide(*args: Any) -> Any:
+        placed, reservations = decide(*args)
+        decided.append([(e.data.case_id, d.offer.worker_id if d.offer else None) for e, d in placed])
+        return placed, reservations
+
+    async def racing_reserve(session: AsyncSession, reservations: dict[str, int]) -> set[str]:
+        if not filled:  # another replica fills the first worker between our snapshot and our reservation
+            filled.append(min(reservations))
+            await add_committed_load(sessions, filled[0], 10 - BASE_LOAD)
+        return await reserve(session, reservations)
+
+    monkeypatch.setattr(batch, "_decide", spy_decide)
+    monkeypatch.setattr(batch, "_reserve", racing_reserve)
+    async with transaction(sessions) as session:
+        decisions = await batch.route_received_batch(session, cases, policy=default_policy(), live=live)
+
+    first, second = decided[0], decided[1]
+    beaten = [case for case, worker in first if worker == filled[0]]
+    assert beaten and [case for case, _ in second] == beaten  # only those are decided again
+    final = {d.state.facts.case_id: (d.offer.worker_id if d.offer else None) for d in decisions}
+    assert {case: final[case] for case, worker in first if worker != filled[0]} == {
+        case: worker for case, worker in first if worker != filled[0]
+    }  # the others keep their offers
+    assert filled[0] not in final.values()
+    async with sessions() as session:
+        rows = await session.execute(text("SELECT worker_id, load FROM router.worker_load WHERE worker_id = ANY(:w)"),
+                                     {"w": list(WORKERS)})  # fmt: skip
+        load: dict[str, int] = {row.worker_id: row.load for row in rows}
+    weights = {d.offer.worker_id: 0 for d in decisions if d.offer}
+    for d in decisions:
+        if d.offer:
+            weights[d.offer.worker_id] += d.offer.weight
+    assert load[filled[0]] == 10
+    assert all(load[w] == BASE_LOAD + weights.get(w, 0) for w in WORKERS if w != filled[0])
