@@ -63,11 +63,17 @@ class FakeWriter:
         return [f"ok-{i}" for i in items]
 
 
-async def test_requests_waiting_while_a_batch_is_written_go_together_in_the_next() -> None:
-    writer = FakeWriter()
+def held(writer: FakeWriter) -> GroupCommit[int, str]:
+    """A running group commit whose writer waits in its first batch until `writer.gate` is set."""
     commit: GroupCommit[int, str] = GroupCommit(writer)
     commit.start()
     writer.gate.clear()
+    return commit
+
+
+async def test_requests_waiting_while_a_batch_is_written_go_together_in_the_next() -> None:
+    writer = FakeWriter()
+    commit = held(writer)
     first = asyncio.create_task(commit.submit(0))
     await asyncio.sleep(0.01)  # the writer took [0] and waits in it
     rest = [asyncio.create_task(commit.submit(i)) for i in range(1, 6)]
@@ -94,9 +100,7 @@ async def test_a_batch_is_never_larger_than_the_cap() -> None:
 
 async def test_a_failing_batch_is_written_again_one_by_one_and_only_the_guilty_item_fails() -> None:
     writer = FakeWriter(poison={3})
-    commit: GroupCommit[int, str] = GroupCommit(writer)
-    commit.start()
-    writer.gate.clear()
+    commit = held(writer)
     tasks = [asyncio.create_task(commit.submit(i)) for i in range(5)]
     await asyncio.sleep(0.01)
     writer.gate.set()
@@ -123,9 +127,7 @@ async def test_an_error_that_is_nobodys_fault_fails_the_batch_at_once() -> None:
 
 async def test_stopping_writes_what_was_already_handed_over_then_refuses_new_items() -> None:
     writer = FakeWriter()
-    commit: GroupCommit[int, str] = GroupCommit(writer)
-    commit.start()
-    writer.gate.clear()
+    commit = held(writer)
     tasks = [asyncio.create_task(commit.submit(i)) for i in range(4)]
     await asyncio.sleep(0.01)
     stopping = asyncio.create_task(commit.stop())
@@ -139,9 +141,7 @@ async def test_stopping_writes_what_was_already_handed_over_then_refuses_new_ite
 
 async def test_items_still_pending_when_the_grace_runs_out_are_answered_not_left_hanging() -> None:
     writer = FakeWriter()
-    commit: GroupCommit[int, str] = GroupCommit(writer)
-    commit.start()
-    writer.gate.clear()  # the database never answers
+    commit = held(writer)  # the database never answers
     tasks = [asyncio.create_task(commit.submit(i)) for i in range(3)]
     await asyncio.sleep(0.01)
     await commit.stop(grace=0.05)
@@ -151,9 +151,7 @@ async def test_items_still_pending_when_the_grace_runs_out_are_answered_not_left
 
 async def test_a_request_that_went_away_before_its_batch_is_not_written() -> None:
     writer = FakeWriter()
-    commit: GroupCommit[int, str] = GroupCommit(writer)
-    commit.start()
-    writer.gate.clear()
+    commit = held(writer)
     first = asyncio.create_task(commit.submit(0))
     await asyncio.sleep(0.01)
     gone = asyncio.create_task(commit.submit(1))
