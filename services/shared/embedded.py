@@ -32,7 +32,7 @@ _PR_SET_PDEATHSIG = 1
 # cost idle CPU (measured, `caselink dev` idle, cores busy: 500 ms 0.23, 100 ms 0.33, 50 ms 0.54,
 # 20 ms 0.86, most of it Tansu's). `caselink dev` and the tests keep 500: the test suite runs
 # several stacks side by side on two cores, and at 100 ms their idle load starved it (CI took 15
-# minutes instead of 7, with timeouts). `caselink bench` uses 20 (BENCH_FETCH_MAX_WAIT_MS).
+# minutes instead of 7, with timeouts). `caselink bench` uses 100 (BENCH_FETCH_MAX_WAIT_MS).
 TANSU_SETTINGS = {"kafka_enable_idempotence": False}
 TANSU_ENV = {f"CASELINK_{name.upper()}": str(value).lower() for name, value in TANSU_SETTINGS.items()}
 
