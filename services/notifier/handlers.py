@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import CaseEventView, CloudEvent, EventSource
@@ -307,38 +307,36 @@ async def record_sends(
     await enqueue_many(session, letters)
 
 
+# One statement text whatever the batch size, as _STORE_JOBS (an executemany ran one UPDATE per job).
+_APPLY_STEPS = text(
+    "UPDATE notifier.jobs AS j SET status = s.status, channel_index = s.channel_index, attempt = s.attempt, "
+    "attempts = s.attempts, due_at = s.due_at, finished_at = s.finished_at, lease_until = NULL "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:indexes AS integer[]), "
+    "CAST(:attempt AS integer[]), CAST(:attempts AS integer[]), CAST(:dues AS timestamptz[]), "
+    "CAST(:finished AS timestamptz[])) AS s(id, status, channel_index, attempt, attempts, due_at, finished_at) "
+    "WHERE j.id = s.id"
+)
+
+
 async def _apply_steps(session: AsyncSession, sent: list[Sent]) -> None:
-    """Move every job to its next step, in one executemany."""
-    rows = []
-    for item in sent:
+    """Move every job to its next step, in one statement (a job sent twice in the batch: its last step)."""
+    steps = {item.job.id: item for item in sent}
+    if not steps:
+        return
+    columns: dict[str, list[Any]] = {
+        name: [] for name in ("ids", "statuses", "indexes", "attempt", "attempts", "dues", "finished")
+    }
+    for item in steps.values():
         job, step = item.job, item.step
         finished = step.next in ("delivered", "failed")
-        rows.append(
-            {
-                "b_id": str(job.id),
-                "b_status": step.next if finished else "pending",
-                "b_index": step.channel_index,
-                "b_attempt": step.attempt,
-                "b_attempts": job.attempts,
-                "b_due": job.due_at if finished else step.due_at,
-                "b_finished": step.due_at if finished else None,
-            }
-        )
-    if rows:
-        await session.execute(
-            update(tables.jobs)
-            .where(tables.jobs.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"),
-                channel_index=bindparam("b_index"),
-                attempt=bindparam("b_attempt"),
-                attempts=bindparam("b_attempts"),
-                due_at=bindparam("b_due"),
-                finished_at=bindparam("b_finished"),
-                lease_until=None,
-            ),
-            rows,
-        )
+        columns["ids"].append(str(job.id))
+        columns["statuses"].append(step.next if finished else "pending")
+        columns["indexes"].append(step.channel_index)
+        columns["attempt"].append(step.attempt)
+        columns["attempts"].append(job.attempts)
+        columns["dues"].append(job.due_at if finished else step.due_at)
+        columns["finished"].append(step.due_at if finished else None)
+    await session.execute(_APPLY_STEPS, columns)
 
 
 async def _log_deliveries(session: AsyncSession, finished: list[Sent]) -> None:
