@@ -72,8 +72,7 @@ def create_service(settings: Settings) -> Runtime:
         if not batch:
             return
 
-        if await _store_batch(consumer, runtime, records, batch, noise):
-            dispatcher.wake()
+        await _store_batch(consumer, runtime, records, batch, noise, dispatcher)
 
     runtime.companions.append(dispatcher)
     runtime.closers.append(client.aclose)
@@ -81,9 +80,15 @@ def create_service(settings: Settings) -> Runtime:
 
 
 async def _store_batch(
-    consumer: MessageConsumer, runtime: Runtime, records: tuple[Any, ...], batch: list[Incoming], noise: NoisePolicy
-) -> bool:
-    """Store a batch's jobs in one transaction; whether any job is new.
+    consumer: MessageConsumer,
+    runtime: Runtime,
+    records: tuple[Any, ...],
+    batch: list[Incoming],
+    noise: NoisePolicy,
+    dispatcher: Dispatcher,
+) -> None:
+    """Store a batch's jobs in one transaction, those due now leased to this replica's
+    dispatcher, and hand them over after the commit (no claim needed); wake it for the rest.
 
     If the batch fails for a reason other than the database, its events are stored one at a
     time, each under the consumer's retry / dead-letter policy: only a bad event goes to the
@@ -91,17 +96,20 @@ async def _store_batch(
     """
 
     async def store(items: list[Incoming]) -> bool:
+        now = utc_now()
+        lease_until = now + dispatcher.lease
         async with transaction(runtime.sessions) as session:
-            return await store_jobs(session, items, now=utc_now(), noise=noise) > 0
+            stored = await store_jobs(session, items, now=now, noise=noise, lease_until=lease_until)
+        dispatcher.hand_over(stored.leased, lease_until)
+        return stored.new > 0
 
     try:
-        return await store(batch)
+        await store(batch)
+        return
     except Exception as exc:
         if is_transient_db_error(exc):
             await asyncio.sleep(1.0)
             raise  # NACK: the batch is read again once the database is back
     by_origin = {origin(record): record for record in records}
-    stored = False
     for item in batch:
-        stored |= await consumer.guard(by_origin[item.origin], lambda item=item: store([item]))  # type: ignore[misc]
-    return stored
+        await consumer.guard(by_origin[item.origin], lambda item=item: store([item]))  # type: ignore[misc]
