@@ -397,24 +397,13 @@ async def test_stopping_lets_sends_in_flight_finish_and_records_them(
     assert len(await outbox(db, "notified")) == 1
 
 
-LEASE = timedelta(seconds=60)
-
-
-async def stored_leased(
-    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, clock: Clock, *cases: str
-) -> list[list[Any]]:
-    """Each case's task for w-1 (a webhook to the fast receiver), stored leased for LEASE as the
-    consumer stores it: per case, the jobs leased to hand over."""
-    await add_user(db, "w-1", "worker", receivers["fast"].url)
-    return [await store(sessions, db, clock, assigned(case, "w-1"), lease_until=clock() + LEASE) for case in cases]
-
-
 async def test_jobs_stored_leased_are_sent_by_the_dispatcher_they_are_handed_to_and_by_no_other(
     sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
 ) -> None:
     clock = Clock(START)
-    lease_until = clock() + LEASE
-    [leased] = await stored_leased(sessions, db, receivers, clock, "c-1")
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    lease_until = clock() + timedelta(seconds=60)
+    leased = await store(sessions, db, clock, assigned("c-1", "w-1"), lease_until=lease_until)
     other, mine = dispatcher(sessions, http, clock), dispatcher(sessions, http, clock)
     claimed: list[int] = []
     claim = mine._claim
@@ -440,8 +429,10 @@ async def test_a_leased_job_whose_dispatcher_never_sent_it_goes_out_when_the_lea
     sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
 ) -> None:
     clock = Clock(START)
-    lease_until = clock() + LEASE
-    crashed, stopping = await stored_leased(sessions, db, receivers, clock, "c-1", "c-2")
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    lease_until = clock() + timedelta(seconds=60)
+    crashed = await store(sessions, db, clock, assigned("c-1", "w-1"), lease_until=lease_until)
+    stopping = await store(sessions, db, clock, assigned("c-2", "w-1"), lease_until=lease_until)
     other = dispatcher(sessions, http, clock)
     assert len(crashed) == len(stopping) == 1
 
