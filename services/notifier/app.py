@@ -72,7 +72,8 @@ def create_service(settings: Settings) -> Runtime:
         if not batch:
             return
 
-        await _store_batch(consumer, runtime, records, batch, noise, dispatcher)
+        if await _store_batch(consumer, runtime, records, batch, noise):
+            dispatcher.wake()
 
     runtime.companions.append(dispatcher)
     runtime.closers.append(client.aclose)
@@ -80,15 +81,9 @@ def create_service(settings: Settings) -> Runtime:
 
 
 async def _store_batch(
-    consumer: MessageConsumer,
-    runtime: Runtime,
-    records: tuple[Any, ...],
-    batch: list[Incoming],
-    noise: NoisePolicy,
-    dispatcher: Dispatcher,
-) -> None:
-    """Store a batch's jobs in one transaction, those due now leased to this replica's
-    dispatcher, and hand them over after the commit (no claim needed); wake it for the rest.
+    consumer: MessageConsumer, runtime: Runtime, records: tuple[Any, ...], batch: list[Incoming], noise: NoisePolicy
+) -> bool:
+    """Store a batch's jobs in one transaction; whether any job is new.
 
     If the batch fails for a reason other than the database, its events are stored one at a
     time, each under the consumer's retry / dead-letter policy: only a bad event goes to the
@@ -96,20 +91,17 @@ async def _store_batch(
     """
 
     async def store(items: list[Incoming]) -> bool:
-        now = utc_now()
-        lease_until = now + dispatcher.lease
         async with transaction(runtime.sessions) as session:
-            stored = await store_jobs(session, items, now=now, noise=noise, lease_until=lease_until)
-        dispatcher.hand_over(stored.leased, lease_until)
-        return stored.new > 0
+            return await store_jobs(session, items, now=utc_now(), noise=noise) > 0
 
     try:
-        await store(batch)
-        return
+        return await store(batch)
     except Exception as exc:
         if is_transient_db_error(exc):
             await asyncio.sleep(1.0)
             raise  # NACK: the batch is read again once the database is back
     by_origin = {origin(record): record for record in records}
+    stored = False
     for item in batch:
-        await consumer.guard(by_origin[item.origin], lambda item=item: store([item]))  # type: ignore[misc]
+        stored |= await consumer.guard(by_origin[item.origin], lambda item=item: store([item]))  # type: ignore[misc]
+    return stored

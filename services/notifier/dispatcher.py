@@ -1,9 +1,8 @@
 """The dispatcher: sends due push jobs, many at once, and records what each send did.
 
-Every notifier replica runs one. Jobs due at once come handed over by the replica's consumer,
-stored already leased to it (store_jobs, hand_over); it claims the other due jobs under a lease
-(handlers.claim_due). It sends each group as its own task, so a receiver that answers slowly or
-not at all holds up only its own pushes, and a recorder writes finished sends in batches. Retries and fallbacks are not
+Every notifier replica runs one. It claims due jobs under a lease (handlers.claim_due), sends
+each group as its own task, so a receiver that answers slowly or not at all holds up only its
+own pushes, and a recorder writes finished sends in batches. Retries and fallbacks are not
 awaited: they go back into the table with a later `due_at`, which survives a restart.
 
 A send and its record are not one transaction (a receiver is not a database). If the process
@@ -18,7 +17,6 @@ import contextlib
 import dataclasses
 import random
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -28,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.notifier.adapters.base import DeliveryResult, failed
 from services.notifier.channels import Channel, channel_for
 from services.notifier.domain import Job, RetryPolicy, after_send, push_for, sending_groups
-from services.notifier.handlers import Sent, claim_due, origins_of, record_sends, release_leases
+from services.notifier.handlers import Sent, claim_due, origins_of, record_sends
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.kafka import consumer_options
 from services.shared.logging import get_logger
@@ -77,33 +75,10 @@ class Dispatcher:
         self._results: asyncio.Queue[list[Sent]] = asyncio.Queue()
         self._loop: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
-        self._handed: deque[tuple[Job, datetime]] = deque()  # stored leased to this dispatcher, unsent
-
-    @property
-    def lease(self) -> timedelta:
-        """How long a claimed (or handed-over) job is this dispatcher's to send."""
-        return self._lease
 
     def wake(self) -> None:
         """Look for due jobs now (new jobs were stored) instead of at the next poll."""
         self._wake.set()
-
-    def hand_over(self, jobs: list[Job], lease_until: datetime) -> None:
-        """Send jobs that were stored already leased to this dispatcher until `lease_until`
-        (store_jobs), without claiming them: they go before any claim, as capacity allows."""
-        self._handed.extend((job, lease_until) for job in jobs)
-        self._wake.set()
-
-    def _take_handed(self, limit: int) -> list[Job]:
-        """Up to `limit` handed-over jobs whose lease has a margin left; the rest of an expired
-        lease is the claim's to find (another dispatcher may have claimed it meanwhile)."""
-        taken: list[Job] = []
-        cutoff = self._clock() + self._lease / 2
-        while self._handed and len(taken) < limit:
-            job, lease_until = self._handed.popleft()
-            if lease_until > cutoff:
-                taken.append(job)
-        return taken
 
     async def start(self) -> None:
         """Begin claiming, sending and recording in the background."""
@@ -118,11 +93,6 @@ class Dispatcher:
         with contextlib.suppress(Exception):
             if self._loop is not None:
                 await self._loop
-        if self._handed:  # not sent: give them back now rather than when their lease runs out
-            with contextlib.suppress(Exception):
-                async with transaction(self._sessions) as session:
-                    await release_leases(session, [job.id for job, _ in self._handed])
-            self._handed.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 if self._sending:
@@ -139,7 +109,7 @@ class Dispatcher:
         The whole cycle in the foreground: what tests with a controllable clock drive.
         """
         total = 0
-        while claimed := self._take_handed(self._batch_size) or await self._claim(self._batch_size):
+        while claimed := await self._claim(self._batch_size):
             groups = sending_groups(claimed)
             sent = await asyncio.gather(*(self._send(group) for group in groups))
             await self._record([item for group in sent for item in group])
@@ -155,25 +125,22 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             free = min(self._batch_size, self._max_in_flight - self._in_flight)
-            claimed = self._take_handed(free) if free > 0 else []
-            claim_failed = False
-            if free - len(claimed) > 0:
+            claimed: list[Job] = []
+            if free > 0:
                 try:
-                    claimed += await self._claim(free - len(claimed))
+                    claimed = await self._claim(free)
                 except Exception as exc:
                     if not is_transient_db_error(exc):
                         log.exception("notifier.claim_failed")
                     else:
                         log.warning("notifier.database_unavailable", error=type(exc).__name__)
-                    claim_failed = True
+                    await asyncio.sleep(1.0)
+                    continue
             for group in sending_groups(claimed):
                 self._in_flight += len(group)
                 task = asyncio.create_task(self._send_and_queue(group))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
-            if claim_failed:
-                await asyncio.sleep(1.0)
-                continue
             if claimed and len(claimed) == free:
                 continue  # more may be due right now
             with contextlib.suppress(TimeoutError):

@@ -87,42 +87,21 @@ def _build_channel_configs(raw: list[dict[str, Any]]) -> tuple[ChannelConfig, ..
     return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw)
 
 
-@dataclass(frozen=True)
-class Stored:
-    """What `store_jobs` stored: how many jobs are new (or revived), and the new ones it leased
-    to the caller's dispatcher to send at once (see `lease_until`)."""
-
-    new: int
-    leased: list[Job]
-
-
-async def store_jobs(
-    session: AsyncSession,
-    batch: list[Incoming],
-    *,
-    now: datetime,
-    noise: NoisePolicy,
-    lease_until: datetime | None = None,
-) -> Stored:
-    """Plan and store the jobs of a batch of events.
+async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy) -> int:
+    """Plan and store the jobs of a batch of events; return how many are new (or revived).
 
     A redelivered event adds nothing (one job per event and recipient). A job given up before
     becomes pending again with the recipient's current channels: that is how a dead letter
     replayed after fixing the network file gets its push out.
-
-    With `lease_until`, the new jobs due now (not waiting for a digest) are stored already leased
-    until then and returned: the caller's dispatcher sends them without claiming them first. If
-    it never does (the process died), the lease runs out and any dispatcher claims them.
     """
     dumped = [(item, item.event.data.model_dump(mode="json")) for item in batch]
     wanted = [(item, data, recipients_needed(item.event.type, data)) for item, data in dumped]
     wanted = [(item, data, query) for item, data, query in wanted if not query.is_empty]
     if not wanted:
-        return Stored(0, [])
+        return 0
     directory = await _Directory.load(session, [query for _, _, query in wanted])
     waiting = await _first_job_times(session, [d["case_id"] for i, d, _ in wanted if i.event.type in _WAITING])
     rows: list[tuple[Any, ...]] = []
-    leasable: dict[uuid.UUID, Job] = {}
     for item, data, query in wanted:
         since = waiting.get(data["case_id"], item.event.time) if item.event.type in _WAITING else None
         jobs = plan_jobs(
@@ -134,56 +113,48 @@ async def store_jobs(
             noise=noise,
             waiting_since=since,
         )
-        for job in jobs:
-            leased = lease_until is not None and job.due_at <= now and not job.batchable
-            if leased:
-                leasable[job.id] = job
-            rows.append(_row(job, item.origin, lease_until if leased else None))
+        rows += [_row(job, item.origin) for job in jobs]
     if not rows:
-        return Stored(0, [])
+        return 0
     # A job twice in one batch (its event delivered twice) would be one row updated twice.
     unique = list({row[0]: row for row in rows}.values())
     columns = dict(zip(_JOB_COLUMNS, zip(*unique, strict=True), strict=True))
-    stored = (await session.execute(_STORE_JOBS, {name: list(values) for name, values in columns.items()})).all()
-    # Only jobs inserted now carry the lease; a revived one (given up before) is claimed as usual.
-    inserted = {uuid.UUID(str(row.id)) for row in stored if row.inserted}
-    return Stored(len(stored), [job for job_id, job in leasable.items() if job_id in inserted])
+    return len((await session.execute(_STORE_JOBS, {name: list(values) for name, values in columns.items()})).all())
 
 
 _WAITING = (ESCALATED, QUEUED)
 
 _JOB_COLUMNS = (
     "ids", "event_ids", "event_types", "case_ids", "purposes", "categories", "risk_levels", "resident_refs",
-    "recipients", "channels", "messages", "batchables", "due_ats", "origins", "leases",
+    "recipients", "channels", "messages", "batchables", "due_ats", "origins",
 )  # fmt: skip
 # One statement text whatever the batch size (asyncpg prepares it once per connection, and
 # SQLAlchemy compiles nothing per batch). A job given up before becomes pending again.
 _STORE_JOBS = text(
     "INSERT INTO notifier.jobs (id, event_id, event_type, case_id, purpose, category, risk_level, resident_ref, "
-    "recipient, channels, message, batchable, due_at, origin, lease_until) "
+    "recipient, channels, message, batchable, due_at, origin) "
     "SELECT m.id, m.event_id, m.event_type, m.case_id, m.purpose, m.category, m.risk_level, m.resident_ref, "
-    "m.recipient, CAST(m.channels AS jsonb), CAST(m.message AS jsonb), m.batchable, m.due_at, m.origin, m.lease "
-    "FROM unnest("
+    "m.recipient, CAST(m.channels AS jsonb), CAST(m.message AS jsonb), m.batchable, m.due_at, m.origin FROM unnest("
     "CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:case_ids AS text[]), "
     "CAST(:purposes AS text[]), CAST(:categories AS text[]), CAST(:risk_levels AS text[]), "
     "CAST(:resident_refs AS text[]), CAST(:recipients AS text[]), CAST(:channels AS text[]), "
     "CAST(:messages AS text[]), CAST(:batchables AS boolean[]), CAST(:due_ats AS timestamptz[]), "
-    "CAST(:origins AS text[]), CAST(:leases AS timestamptz[])) AS m(id, event_id, event_type, case_id, purpose, "
-    "category, risk_level, resident_ref, recipient, channels, message, batchable, due_at, origin, lease) "
+    "CAST(:origins AS text[])) AS m(id, event_id, event_type, case_id, purpose, category, risk_level, "
+    "resident_ref, recipient, channels, message, batchable, due_at, origin) "
     "ON CONFLICT (event_id, recipient) DO UPDATE SET status = 'pending', channel_index = 0, attempt = 0, "
     "lease_until = NULL, finished_at = NULL, channels = EXCLUDED.channels, due_at = EXCLUDED.due_at "
     "WHERE notifier.jobs.status = 'failed' "
-    "RETURNING notifier.jobs.id, (notifier.jobs.xmax = 0) AS inserted"
+    "RETURNING notifier.jobs.id"
 )
 
 
-def _row(job: Job, origin: str, lease_until: datetime | None) -> tuple[Any, ...]:
+def _row(job: Job, origin: str) -> tuple[Any, ...]:
     """A job's values in the order of _JOB_COLUMNS."""
     channels = [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in job.channels]
     return (
         str(job.id), job.event_id, job.event_type, job.case_id, job.purpose, job.category, job.risk_level,
         job.resident_ref, job.recipient, json.dumps(channels), json.dumps(job.facts), job.batchable, job.due_at,
-        origin, lease_until,
+        origin,
     )  # fmt: skip
 
 
@@ -266,16 +237,6 @@ async def claim_due(session: AsyncSession, *, now: datetime, lease_until: dateti
         .returning(tables.jobs)
     )
     return [_job(row._mapping) for row in claimed]
-
-
-async def release_leases(session: AsyncSession, job_ids: list[uuid.UUID]) -> None:
-    """Give jobs a dispatcher will not send back to the claim, before their lease runs out."""
-    jobs = tables.jobs.c
-    await session.execute(
-        update(tables.jobs)
-        .where(jobs.id.in_([str(job_id) for job_id in job_ids]), jobs.status == "pending")
-        .values(lease_until=None)
-    )
 
 
 def _job(row: Any) -> Job:

@@ -133,10 +133,7 @@ async def store(
     clock: Clock,
     *events: CaseEvent,
     noise: NoisePolicy | None = None,
-    lease_until: datetime | None = None,
-) -> Any:
-    """Store the events' jobs as the consumer does: how many are new, or with `lease_until`, the
-    new ones leased (to hand over to a dispatcher)."""
+) -> int:
     for event in events:
         await db.execute(
             "INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
@@ -145,10 +142,7 @@ async def store(
         )
     batch = [Incoming(event, f"caselink.case.events/0/{n}") for n, event in enumerate(events)]
     async with transaction(sessions) as session:
-        stored = await store_jobs(
-            session, batch, now=clock(), noise=noise or NoisePolicy(digest_minutes=0), lease_until=lease_until
-        )
-    return stored.leased if lease_until else stored.new
+        return await store_jobs(session, batch, now=clock(), noise=noise or NoisePolicy(digest_minutes=0))
 
 
 def dispatcher(
@@ -395,53 +389,3 @@ async def test_stopping_lets_sends_in_flight_finish_and_records_them(
     [job] = await db.fetch("SELECT status, lease_until FROM notifier.jobs")
     assert (job["status"], job["lease_until"]) == ("delivered", None)
     assert len(await outbox(db, "notified")) == 1
-
-
-async def test_jobs_stored_leased_are_sent_by_the_dispatcher_they_are_handed_to_and_by_no_other(
-    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
-) -> None:
-    clock = Clock(START)
-    await add_user(db, "w-1", "worker", receivers["fast"].url)
-    lease_until = clock() + timedelta(seconds=60)
-    leased = await store(sessions, db, clock, assigned("c-1", "w-1"), lease_until=lease_until)
-    other, mine = dispatcher(sessions, http, clock), dispatcher(sessions, http, clock)
-    claimed: list[int] = []
-    claim = mine._claim
-
-    async def counted(limit: int) -> list[Any]:
-        jobs = await claim(limit)
-        claimed.append(len(jobs))
-        return jobs
-
-    mine._claim = counted  # type: ignore[method-assign]
-
-    assert len(leased) == 1
-    assert await other.run_once() == 0  # leased: not another dispatcher's to claim
-    mine.hand_over(leased, lease_until)
-    assert await mine.run_once() == 1
-    assert sum(claimed) == 0  # sent without a claim
-    assert len(receivers["fast"].requests) == 1 and len(await outbox(db, "notified")) == 1
-    clock.advance(seconds=61)
-    assert await other.run_once() == 0  # delivered: nothing left once the lease is over
-
-
-async def test_a_leased_job_whose_dispatcher_never_sent_it_goes_out_when_the_lease_ends_or_at_its_stop(
-    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
-) -> None:
-    clock = Clock(START)
-    await add_user(db, "w-1", "worker", receivers["fast"].url)
-    lease_until = clock() + timedelta(seconds=60)
-    crashed = await store(sessions, db, clock, assigned("c-1", "w-1"), lease_until=lease_until)
-    stopping = await store(sessions, db, clock, assigned("c-2", "w-1"), lease_until=lease_until)
-    other = dispatcher(sessions, http, clock)
-    assert len(crashed) == len(stopping) == 1
-
-    stopped = dispatcher(sessions, http, clock)
-    stopped.hand_over(stopping, lease_until)
-    await stopped.stop()  # gives c-2's job back at once
-    assert await other.run_once() == 1
-    assert {json.loads(r.body)["case_id"] for r in receivers["fast"].requests} == {"c-2"}
-
-    clock.advance(seconds=60)  # c-1's dispatcher died: its lease ends
-    assert await other.run_once() == 1
-    assert {json.loads(r.body)["case_id"] for r in receivers["fast"].requests} == {"c-1", "c-2"}
