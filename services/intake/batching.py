@@ -57,6 +57,11 @@ class GroupCommit(Generic[Item, Outcome]):
         self.batches = 0  # batches written, and the items in them (for tests and the stats log)
         self.items = 0
 
+    @property
+    def waiting(self) -> int:
+        """Items handed over and not yet taken into a batch."""
+        return len(self._pending)
+
     def start(self) -> None:
         """Start the writer task (in the running loop)."""
         self._task = asyncio.create_task(self._run(), name=self._name)

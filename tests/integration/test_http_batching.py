@@ -6,6 +6,7 @@ the others theirs. The app runs in-process (no broker needed: the batch stops at
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,11 @@ class HeldWriter:
         self.open = asyncio.Event()
         self.open.set()
         self.sizes: list[int] = []
+        self.received = 0  # items handed to the writer so far, held or not
         self._sessions, self._key = sessions, resident_key
 
     async def __call__(self, items: Sequence[HttpSubmission]) -> list[Any]:
+        self.received += len(items)
         await self.open.wait()
         self.sizes.append(len(items))
         return await handlers.write_http_batch(self._sessions, items, resident_key=self._key)
@@ -106,13 +109,22 @@ class App:
             headers["Idempotency-Key"] = key
         return await self.client.post("/v1/referrals", json=body, headers=headers)
 
+    async def queued(self, count: int, *, since: int) -> None:
+        """Wait until `count` requests (counted from `since`, an earlier `writer.received`) reached
+        the writer: in the batch it holds, or waiting for the next (a loaded machine is slow)."""
+        deadline = time.monotonic() + 10
+        while self.writer.received - since + self.commit.waiting < count:
+            assert time.monotonic() < deadline, f"only {self.writer.received - since + self.commit.waiting} queued"
+            await asyncio.sleep(0.01)
+
     async def held(self, *requests: Any) -> list[httpx.Response]:
         """Send the requests while the writer is held on a first batch, so they form the next one."""
         self.writer.open.clear()
+        since = self.writer.received
         warm = asyncio.create_task(self.post(referral()))
-        await asyncio.sleep(0.1)
+        await self.queued(1, since=since)
         tasks = [asyncio.create_task(r) for r in requests]
-        await asyncio.sleep(0.3)  # every request reached the writer's queue
+        await self.queued(1 + len(requests), since=since)
         self.writer.open.set()
         assert (await warm).status_code == 202
         return list(await asyncio.gather(*tasks))
@@ -216,8 +228,9 @@ async def test_a_request_the_database_refuses_fails_alone_and_the_rest_of_its_ba
 async def test_requests_pending_at_shutdown_are_stored_and_answered_before_the_writer_stops(app: App) -> None:
     summary = "pending at shutdown"
     app.writer.open.clear()
+    since = app.writer.received
     tasks = [asyncio.create_task(app.post(referral(summary=summary))) for _ in range(5)]
-    await asyncio.sleep(0.3)
+    await app.queued(5, since=since)
     stopping = asyncio.create_task(app.commit.stop(grace=10))
     await asyncio.sleep(0.1)
     app.writer.open.set()
@@ -232,8 +245,9 @@ async def test_requests_pending_at_shutdown_are_stored_and_answered_before_the_w
 async def test_requests_the_writer_cannot_finish_at_shutdown_get_503_not_silence(app: App) -> None:
     summary = "stuck at shutdown"
     app.writer.open.clear()
+    since = app.writer.received
     tasks = [asyncio.create_task(app.post(referral(summary=summary))) for _ in range(3)]
-    await asyncio.sleep(0.3)
+    await app.queued(3, since=since)
     await app.commit.stop(grace=0.2)
     answers = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [a.status_code for a in answers] == [503] * 3
