@@ -117,6 +117,14 @@ class App:
             assert time.monotonic() < deadline, f"only {self.writer.received - since + self.commit.waiting} queued"
             await asyncio.sleep(0.01)
 
+    async def pile_up(self, count: int, summary: str) -> list[asyncio.Task[httpx.Response]]:
+        """Hold the writer and send `count` referrals with this summary; return once all reached it."""
+        self.writer.open.clear()
+        since = self.writer.received
+        tasks = [asyncio.create_task(self.post(referral(summary=summary))) for _ in range(count)]
+        await self.queued(count, since=since)
+        return tasks
+
     async def held(self, *requests: Any) -> list[httpx.Response]:
         """Send the requests while the writer is held on a first batch, so they form the next one."""
         self.writer.open.clear()
@@ -227,10 +235,7 @@ async def test_a_request_the_database_refuses_fails_alone_and_the_rest_of_its_ba
 
 async def test_requests_pending_at_shutdown_are_stored_and_answered_before_the_writer_stops(app: App) -> None:
     summary = "pending at shutdown"
-    app.writer.open.clear()
-    since = app.writer.received
-    tasks = [asyncio.create_task(app.post(referral(summary=summary))) for _ in range(5)]
-    await app.queued(5, since=since)
+    tasks = await app.pile_up(5, summary)
     stopping = asyncio.create_task(app.commit.stop(grace=10))
     await asyncio.sleep(0.1)
     app.writer.open.set()
@@ -244,10 +249,7 @@ async def test_requests_pending_at_shutdown_are_stored_and_answered_before_the_w
 
 async def test_requests_the_writer_cannot_finish_at_shutdown_get_503_not_silence(app: App) -> None:
     summary = "stuck at shutdown"
-    app.writer.open.clear()
-    since = app.writer.received
-    tasks = [asyncio.create_task(app.post(referral(summary=summary))) for _ in range(3)]
-    await app.queued(3, since=since)
+    tasks = await app.pile_up(3, summary)
     await app.commit.stop(grace=0.2)
     answers = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [a.status_code for a in answers] == [503] * 3
