@@ -5,7 +5,7 @@ Safety is the per-message path's (handlers.py): every reservation is a condition
 only succeeds while the worker is on duty and the case still fits, so a stale snapshot can cost a
 retry but never overfill a worker. The batch's worker rows are locked in worker-id order before
 they are updated, the order every other router transaction takes them in, so replicas queue
-instead of deadlocking. A reservation that no longer fits (another replica took the capacity
+instead of deadlocking (`lock_workers`). A reservation that no longer fits (another replica took the capacity
 meanwhile) is not made, and only the cases offered to that worker are decided again, on loads read
 afresh; the rest of the batch keeps its reservations. If some still do not fit after
 PLACEMENT_ATTEMPTS, the messages go through the per-message path one by one.
@@ -24,7 +24,7 @@ from sqlalchemy.orm import SessionTransaction
 from schemas.events import STATUS_AFTER, CaseReceived
 from services.router import tables
 from services.router.domain import CaseFacts, Network
-from services.router.handlers import SOURCE, decision_events, load_network, row_from_state
+from services.router.handlers import SOURCE, decision_events, load_network, lock_workers, row_from_state
 from services.router.lifecycle import Context, Decision, admit
 from services.router.policy import Policy
 from services.shared.consuming import OneByOne
@@ -58,9 +58,6 @@ _ROUTED_ALREADY = text("SELECT case_id FROM router.cases WHERE case_id = ANY(CAS
 _SERVED_BEFORE = text(
     "SELECT DISTINCT resident_ref, worker_id FROM router.offers "
     "WHERE resident_ref = ANY(CAST(:refs AS text[])) AND (outcome IS NULL OR outcome = 'accepted')"
-)
-_LOCK_WORKERS = text(
-    "SELECT 1 FROM router.worker_load WHERE worker_id = ANY(CAST(:ids AS text[])) ORDER BY worker_id FOR UPDATE"
 )
 _RESERVE = text(
     "UPDATE router.worker_load wl SET load = wl.load + r.weight, updated_at = now() "
@@ -148,11 +145,12 @@ async def route_received_batch(
     for row in await session.execute(_SERVED_BEFORE, {"refs": refs}):
         served[row.resident_ref].add(row.worker_id)
     placed: list[tuple[CaseReceived, Decision]] = []
+    held: set[str] = set()  # the worker rows this transaction locked
     for _ in range(PLACEMENT_ATTEMPTS):
         # Loads as they are now: a failed attempt's offers were never made, and this re-reads them.
         network = await live.refresh(session)
         decided, reservations = _decide(todo, policy, network, live, {ref: set(ws) for ref, ws in served.items()})
-        full = await _reserve(session, reservations)
+        full = await _reserve(session, reservations, held)
         # The cases offered to a worker who no longer had room are decided again on fresh loads;
         # the others keep their reservations.
         placed += [(event, decision) for event, decision in decided if _offered_to(decision) not in full]
@@ -190,13 +188,13 @@ def _decide(
     return placed, reservations
 
 
-async def _reserve(session: AsyncSession, reservations: dict[str, int]) -> set[str]:
+async def _reserve(session: AsyncSession, reservations: dict[str, int], held: set[str]) -> set[str]:
     """Reserve each worker's share of the batch where it still fits; the workers it did not fit
     (another replica took the capacity meanwhile, or the worker went off duty)."""
     if not reservations:
         return set()
     workers = sorted(reservations)
-    await session.execute(_LOCK_WORKERS, {"ids": workers})
+    await lock_workers(session, workers, held)
     reserved = await session.execute(_RESERVE, {"ids": workers, "weights": [reservations[w] for w in workers]})
     return set(workers) - set(reserved.scalars())
 

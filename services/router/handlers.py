@@ -1,15 +1,15 @@
 """The router's units of work: load a case, let the pure domain decide, reserve capacity
 concurrency-safely, store the new state and emit its events through the outbox.
 
-Lock order, the same everywhere so concurrent routers cannot deadlock on a case: the case's row in
-router.cases (FOR UPDATE), then worker_load rows (conditional UPDATEs), then the case's head in
-shared.case_heads (taken by emit_case_events).
+Lock order, the same everywhere so concurrent routers cannot deadlock: the case's row in
+router.cases (FOR UPDATE), then worker_load rows in worker-id order (`lock_workers`), then the case
+heads in shared.case_heads and the rows in intake.cases, in case-id order (emit_case_events).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -219,13 +219,13 @@ async def decide_and_apply(
     networks = networks or NetworkCache()
     served = await served_before(session, resident_ref)
     released: str | None = None
+    held: set[str] = set()
     for _ in range(MAX_PLACEMENT_ATTEMPTS):
         decision = decide(Context(policy, await networks.get(session), utc_now(), served))
         if decision is None:
             return None
-        # Two routers moving load between the same two workers in opposite directions would
-        # deadlock; taking both rows in worker-id order first makes them queue instead.
-        await _lock_workers(session, decision)
+        offered = decision.offer.worker_id if decision.offer is not None else None
+        await lock_workers(session, {decision.release, offered}, held)
         # Released before reserving, so the worker's own freed capacity counts if they are chosen again.
         if decision.release is not None and decision.release != released:
             await release_capacity(session, decision.release, decision.state.need.weight)
@@ -243,13 +243,36 @@ async def decide_and_apply(
     return decision
 
 
-async def _lock_workers(session: AsyncSession, decision: Decision) -> None:
-    workers = sorted({w for w in (decision.release, decision.offer and decision.offer.worker_id) if w})
-    if len(workers) > 1:
-        await session.execute(
-            text("SELECT 1 FROM router.worker_load WHERE worker_id = ANY(:ids) ORDER BY worker_id FOR UPDATE"),
-            {"ids": workers},
-        )
+_LOCK_WORKERS = text(
+    "SELECT 1 FROM router.worker_load WHERE worker_id = ANY(CAST(:ids AS text[])) ORDER BY worker_id FOR UPDATE"
+)
+# Shorter than PostgreSQL's deadlock_timeout (1 s by default): a wait out of order gives up before
+# the server would look for a deadlock, and a transaction merely finishing has time to commit.
+OUT_OF_ORDER_LOCK_TIMEOUT = "500ms"
+_OUT_OF_ORDER = text(f"SET LOCAL lock_timeout = '{OUT_OF_ORDER_LOCK_TIMEOUT}'")
+_IN_ORDER = text("SET LOCAL lock_timeout = 0")
+
+
+async def lock_workers(session: AsyncSession, wanted: Iterable[str | None], held: set[str]) -> None:
+    """Lock the worker_load rows of `wanted` not in `held` (this transaction's), then add them to it.
+
+    Two transactions deadlock when each waits for a row the other holds; they cannot while every
+    transaction waits only for rows after all those it holds, in worker-id order, so that is how
+    rows are waited for (in one statement). A row before the last one held, as a second placement
+    attempt may want, is waited for only briefly: if it stays busy the statement fails with
+    lock_not_available, and the caller runs the whole transaction again, which then takes its
+    rows in order from the start. A single row after the last held is left to the UPDATE that follows.
+    """
+    new = sorted({worker for worker in wanted if worker} - held)
+    if not new:
+        return
+    if held and new[0] < max(held):
+        await session.execute(_OUT_OF_ORDER)
+        await session.execute(_LOCK_WORKERS, {"ids": new})
+        await session.execute(_IN_ORDER)
+    elif len(new) > 1:
+        await session.execute(_LOCK_WORKERS, {"ids": new})
+    held.update(new)
 
 
 async def _store(

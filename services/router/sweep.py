@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,7 +19,7 @@ from services.router import tables
 from services.router.handlers import NetworkCache, decide_and_apply, lock_case, state_from_row
 from services.router.lifecycle import CaseState, Context, fire_due, offer_queued
 from services.router.policy import Policy
-from services.shared.db import is_transient_db_error, most_urgent_first, transaction
+from services.shared.db import is_transient_db_error, most_urgent_first, retry_conflicts, transaction
 from services.shared.logging import get_logger
 from services.shared.time import utc_now
 
@@ -72,7 +73,7 @@ class DeadlineSweep:
     async def tick(self) -> None:
         """Fire what is due, then offer queued cases if capacity may have appeared."""
         networks = NetworkCache()
-        while await self._fire_next(networks):
+        while await retry_conflicts(lambda: self._fire_next(networks), what="router.sweep"):
             pass
         await self._offer_queued(networks)
 
@@ -141,7 +142,7 @@ class DeadlineSweep:
             # Tried on the snapshot first: only a case that would be placed costs a transaction.
             if offer_queued(state, Context(self._policy, network, utc_now())) is None:
                 continue
-            if await self._offer_one(state.facts.case_id, networks):
+            if await retry_conflicts(partial(self._offer_one, state.facts.case_id, networks), what="router.sweep"):
                 self.offered_from_queue += 1
                 async with self._sessions() as session:
                     network = await networks.get(session)

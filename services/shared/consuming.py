@@ -1,6 +1,7 @@
 """How every caselink consumer handles one Kafka message: inbox, transaction, retry, dead letter.
 
 - Effects and the inbox row commit together, so a redelivered message is skipped.
+- A transaction that lost a lock conflict with another (deadlock, NOWAIT) is run again at once.
 - A database outage is retried forever (raise → FastStream NACKs → the same offset is read
   again): a referral is never dropped because PostgreSQL was restarting.
 - Any other failure is retried `max_attempts` times, then the message goes to `<topic>.dlq`
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.events import EVENT_CLASSES, CaseEvent, CaseEventView, CloudEvent, event_type, parse_case_event
 from schemas.topics import dlq
-from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, sqlstate_of, transaction
+from services.shared.db import is_conflict, is_transient_db_error, retry_conflicts, transaction
 from services.shared.inbox import claim, claim_many
 from services.shared.logging import get_logger
 from services.shared.outbox import enqueue
@@ -132,13 +133,18 @@ class MessageConsumer:
         return await self.guard(record, lambda: self.apply(message_id=message_id, work=work))
 
     async def apply(self, *, message_id: str, work: Work) -> bool:
-        """The unguarded unit of work: inbox claim and effects in one transaction (use within `guard`)."""
-        async with transaction(self._sessions) as session:
-            if not await claim(session, consumer=self.name, message_id=message_id):
-                log.debug("consumer.duplicate_skipped", consumer=self.name)
-                return False
-            await work(session)
-        return True
+        """The unguarded unit of work: inbox claim and effects in one transaction (use within `guard`),
+        run again at once if it lost a lock conflict."""
+
+        async def attempt() -> bool:
+            async with transaction(self._sessions) as session:
+                if not await claim(session, consumer=self.name, message_id=message_id):
+                    log.debug("consumer.duplicate_skipped", consumer=self.name)
+                    return False
+                await work(session)
+            return True
+
+        return await retry_conflicts(attempt, what=self.name)
 
     async def process_batch(
         self, deliveries: Sequence[Delivery[T]], *, work: BatchWork[T], work_one: Callable[[Delivery[T]], Work]
@@ -161,8 +167,10 @@ class MessageConsumer:
         self.stats.add(self.name, messages=len(deliveries), busy=time.monotonic() - started, one_by_one=True)
 
     async def _apply_batch(self, deliveries: Sequence[Delivery[T]], work: BatchWork[T]) -> bool:
-        """The batch in one transaction; False if it must go one by one instead."""
-        try:
+        """The batch in one transaction (run again at once if it lost a lock conflict); False if it
+        must go one by one instead."""
+
+        async def attempt() -> None:
             async with transaction(self._sessions) as session:
                 fresh = await claim_many(session, consumer=self.name, message_ids=[d.message_id for d in deliveries])
                 todo: list[Delivery[T]] = []
@@ -172,11 +180,15 @@ class MessageConsumer:
                         todo.append(delivery)
                 if todo:
                     await work(session, todo)
+
+        try:
+            await retry_conflicts(attempt, what=self.name)
             return True
         except OneByOne as reason:
             log.debug("consumer.batch_one_by_one", consumer=self.name, reason=str(reason), size=len(deliveries))
         except Exception as exc:
-            if is_transient_db_error(exc) and not _is_conflict(exc):
+            # A conflict lost every time: the one-by-one path's small transactions get through.
+            if is_transient_db_error(exc) and not is_conflict(exc):
                 log.warning("consumer.database_unavailable", consumer=self.name, error=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 raise
@@ -245,11 +257,6 @@ class MessageConsumer:
             if not await claim(session, consumer=self.name, message_id=f"dlq:{origin(record)}"):
                 return
             await enqueue_dead_letter(session, record, consumer=self.name, error=error)
-
-
-def _is_conflict(exc: BaseException) -> bool:
-    """A deadlock or serialization failure: the one-by-one path's small transactions get through."""
-    return sqlstate_of(exc) in RETRYABLE_SQLSTATES
 
 
 async def enqueue_dead_letter(session: AsyncSession, record: Any, *, consumer: str, error: str) -> None:

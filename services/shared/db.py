@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, MetaData, case
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from schemas.enums import RiskLevel
+from services.shared.logging import get_logger
 from services.shared.settings import Settings
+
+log = get_logger(__name__)
+T = TypeVar("T")
 
 metadata = MetaData(
     naming_convention={
@@ -121,14 +126,35 @@ def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-# deadlock_detected, serialization_failure: PostgreSQL aborted one of two concurrent transactions
-# (say, two routers moving load between the same workers in opposite order); running it again succeeds.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# deadlock_detected, serialization_failure, lock_not_available (a lock_timeout ran out):
+# PostgreSQL aborted one of two concurrent transactions; running it again succeeds.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# Times a transaction that met one of those is run again at once, before its caller's own retry
+# policy (which waits, or redelivers the message) takes over.
+CONFLICT_RETRIES = 3
 # The server is going down or coming up (admin_shutdown, crash_shutdown, "the database system is
 # starting up"), is full, or the connection broke (class 08). asyncpg raises these as server errors,
 # which SQLAlchemy wraps in a plain DBAPIError: without this, a restart that takes a few seconds
 # would use up a message's retries and dead-letter a perfectly good referral.
 UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A deadlock, serialization failure or busy NOWAIT lock: the same transaction run again succeeds."""
+    return sqlstate_of(exc) in RETRYABLE_SQLSTATES
+
+
+async def retry_conflicts(run: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """`run()` (one whole transaction), run again at once when it lost a conflict with another one,
+    up to CONFLICT_RETRIES times; then, or on any other error, the error is the caller's."""
+    for attempt in itertools.count(1):
+        try:
+            return await run()
+        except DBAPIError as exc:
+            if attempt > CONFLICT_RETRIES or not is_conflict(exc):
+                raise
+            log.info("db.conflict_retried", what=what, attempt=attempt, sqlstate=sqlstate_of(exc))
+    raise AssertionError("unreachable")
 
 
 def sqlstate_of(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ workers it touched itself (`add_load`, `invalidate`), so
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -21,15 +22,17 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from schemas.events import CaseReceived, new_event
 from services.router import batch
 from services.router.batch import LiveNetwork
 from services.router.domain import Network, Worker
+from services.router.handlers import lock_workers
 from services.router.policy import default_policy
 from services.shared import directory
-from services.shared.db import asyncpg_dsn, session_factory, transaction
+from services.shared.db import asyncpg_dsn, is_conflict, session_factory, sqlstate_of, transaction
 from services.shared.migrate import upgrade_async
 from services.shared.network import parse_network
 from tests.support.network_builder import NetworkBuilder
@@ -258,11 +261,11 @@ async def test_a_batch_decides_again_only_the_cases_of_a_worker_another_replica_
         decided.append([(e.data.case_id, d.offer.worker_id if d.offer else None) for e, d in placed])
         return placed, reservations
 
-    async def racing_reserve(session: AsyncSession, reservations: dict[str, int]) -> set[str]:
+    async def racing_reserve(session: AsyncSession, reservations: dict[str, int], held: set[str]) -> set[str]:
         if not filled:  # another replica fills the first worker between our snapshot and our reservation
             filled.append(min(reservations))
             await add_committed_load(sessions, filled[0], 10 - BASE_LOAD)
-        return await reserve(session, reservations)
+        return await reserve(session, reservations, held)
 
     monkeypatch.setattr(batch, "_decide", spy_decide)
     monkeypatch.setattr(batch, "_reserve", racing_reserve)
@@ -287,3 +290,35 @@ async def test_a_batch_decides_again_only_the_cases_of_a_worker_another_replica_
             weights[d.offer.worker_id] += d.offer.weight
     assert load[filled[0]] == 10
     assert all(load[w] == BASE_LOAD + weights.get(w, 0) for w in WORKERS if w != filled[0])
+
+
+async def test_a_transaction_waits_only_briefly_for_a_worker_before_one_it_holds(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    """Two routers each holding a worker the other wants next (a second placement attempt of a
+    command, a batch deciding again) wait for each other until PostgreSQL's deadlock check
+    (deadlock_timeout, 1 s by default) kills one. Waiting without limit only for rows after the
+    last one held, in worker-id order, they cannot: the one wanting a row before its own gives up
+    first (lock_timeout, not a deadlock), and its transaction, run again, takes the rows in order."""
+    async with sessions() as first, sessions() as second, first.begin(), second.begin():
+        held_first: set[str] = set()
+        held_second = {"w1"}
+        await second.execute(_ADD_LOAD, {"n": 0, "w": "w1"})
+        await lock_workers(first, ["w3", "w2"], held_first)
+        assert held_first == {"w2", "w3"}
+        waiting = asyncio.create_task(lock_workers(second, ["w1", "w2", "w3"], held_second))  # after w1: waits
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        with pytest.raises(DBAPIError) as lost:
+            await lock_workers(first, ["w1"], held_first)  # before w2: waits briefly
+        assert sqlstate_of(lost.value) == "55P03" and is_conflict(lost.value)
+        await first.rollback()
+        await asyncio.wait_for(waiting, 5)
+        assert held_second == {"w1", "w2", "w3"}
+    async with transaction(sessions) as session:  # a row before the last held, and free: taken
+        held = {"w3"}
+        await session.execute(_ADD_LOAD, {"n": 0, "w": "w3"})
+        await lock_workers(session, ["w1"], held)
+        assert held == {"w1", "w3"}
+        # The brief wait is that statement's: the transaction's others wait as long as it takes.
+        assert (await session.execute(text("SHOW lock_timeout"))).scalar_one() == "0"
