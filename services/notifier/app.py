@@ -47,7 +47,7 @@ def create_service(settings: Settings) -> Runtime:
         runtime.sessions,
         build_channels(client, timeout=settings.webhook_timeout, settings=settings),
         retry,
-        read_origin=kafka_origin_reader(settings, bootstrap),
+        read_origins=kafka_origin_reader(settings, bootstrap),
         # A lease outlives any single send (each is bounded by its channel's timeout) and its
         # record; it is also how long a crashed notifier's claimed pushes wait for another one.
         lease=timedelta(seconds=max(30.0, 3 * max(settings.webhook_timeout, settings.smtp_timeout))),

@@ -17,7 +17,8 @@ import contextlib
 import dataclasses
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,8 +37,9 @@ from services.shared.time import utc_now
 log = get_logger(__name__)
 
 Clock = Callable[[], datetime]
-# Reads the original message of a dead letter: (key, value), or None when it cannot be read.
-OriginReader = Callable[[str], Awaitable[tuple[bytes | None, bytes] | None]]
+# Reads the original messages of dead letters: (key, value) by `topic/partition/offset`, for those
+# that could be read.
+OriginReader = Callable[[Collection[str]], Awaitable[dict[str, tuple[bytes | None, bytes]]]]
 NO_CHANNEL = "no notify channel configured for this recipient"
 
 
@@ -50,23 +52,28 @@ class Dispatcher:
         channels: Mapping[str, Channel],
         retry: RetryPolicy,
         *,
-        read_origin: OriginReader,
+        read_origins: OriginReader,
         clock: Clock = utc_now,
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 0.5,
         batch_size: int = 500,
         max_in_flight: int = 200,
+        max_unrecorded: int = 2000,
         rng: random.Random | None = None,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
         self._retry = retry
-        self._read_origin = read_origin
+        self._read_origins = read_origins
         self._clock = clock
         self._lease = lease
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._max_in_flight = max_in_flight
+        # Claimed but not yet recorded: while the recorder is behind (the database is slow, say),
+        # claiming more would only let their leases run out and send them twice.
+        self._max_unrecorded = max_unrecorded
+        self._unrecorded = 0
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -124,7 +131,7 @@ class Dispatcher:
     async def _claim_forever(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = min(self._batch_size, self._max_in_flight - self._in_flight)
+            free = min(self._batch_size, self._max_in_flight - self._in_flight, self._max_unrecorded - self._unrecorded)
             claimed: list[Job] = []
             if free > 0:
                 try:
@@ -136,6 +143,7 @@ class Dispatcher:
                         log.warning("notifier.database_unavailable", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
                     continue
+            self._unrecorded += len(claimed)
             for group in sending_groups(claimed):
                 self._in_flight += len(group)
                 task = asyncio.create_task(self._send_and_queue(group))
@@ -148,10 +156,14 @@ class Dispatcher:
 
     async def _send_and_queue(self, group: list[Job]) -> None:
         try:
-            await self._results.put(await self._send(group))
+            sent = await self._send(group)
+        except BaseException:
+            self._unrecorded -= len(group)  # never recorded: the lease runs out and it is sent again
+            raise
         finally:
             self._in_flight -= len(group)
             self._wake.set()  # room for more
+        await self._results.put(sent)
 
     async def _send(self, group: list[Job]) -> list[Sent]:
         first = group[0]
@@ -183,9 +195,9 @@ class Dispatcher:
         if given_up:
             async with self._sessions() as session:
                 origins = await origins_of(session, given_up)
+            messages = await self._read_origins(set(origins.values()))
             for job_id, origin in origins.items():
-                message = await self._read_origin(origin)
-                if message is None:
+                if (message := messages.get(origin)) is None:
                     log.error("notifier.dead_letter_unreadable", origin=origin)
                     continue
                 dead_letters[job_id] = (origin, *message)
@@ -213,30 +225,49 @@ class Dispatcher:
                     level = log.warning if is_transient_db_error(exc) else log.exception
                     level("notifier.record_failed", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
+            self._unrecorded -= len(sent)
+            self._wake.set()
             for _ in batches:
                 self._results.task_done()
 
 
 def kafka_origin_reader(settings: Settings, bootstrap: str) -> OriginReader:
-    """Read one message back from the broker by its `topic/partition/offset`, for a dead letter."""
+    """Read messages back from the broker by their `topic/partition/offset`, for dead letters: one
+    consumer for all of them, each partition read forward from the first offset still missing (the
+    given-up pushes of one round are mostly of neighbouring events), so a storm of give-ups costs a
+    few fetches rather than a consumer each. Offsets that cannot be read are left out."""
 
-    async def read(origin: str) -> tuple[bytes | None, bytes] | None:
-        topic, partition, offset = origin.rsplit("/", 2)
-        where = TopicPartition(topic, int(partition))
+    async def read(origins: Collection[str]) -> dict[str, tuple[bytes | None, bytes]]:
+        wanted: dict[TopicPartition, set[int]] = defaultdict(set)
+        for origin in origins:
+            topic, partition, offset = origin.rsplit("/", 2)
+            wanted[TopicPartition(topic, int(partition))].add(int(offset))
+        found: dict[str, tuple[bytes | None, bytes]] = {}
+        if not wanted:
+            return found
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **consumer_options(settings))
         try:
             await consumer.start()
-            consumer.assign([where])
-            consumer.seek(where, int(offset))
-            records = (await consumer.getmany(where, timeout_ms=5000, max_records=1)).get(where, [])
-            for record in records:
-                if record.offset == int(offset):
-                    return record.key, record.value or b""
-            return None
+            consumer.assign(list(wanted))
+            for where, offsets in wanted.items():
+                missing = sorted(offsets)
+                while missing:
+                    consumer.seek(where, missing[0])
+                    records = (await consumer.getmany(where, timeout_ms=5000, max_records=500)).get(where, [])
+                    if not records:  # past the partition's end, and so are the later ones
+                        break
+                    for record in records:
+                        if record.offset in offsets:
+                            found[f"{where.topic}/{where.partition}/{record.offset}"] = (
+                                record.key,
+                                record.value or b"",
+                            )
+                    # Up to the last record read, what was not read is gone (deleted by retention).
+                    missing = [offset for offset in missing if offset > records[-1].offset]
         except Exception:
-            log.exception("notifier.origin_read_failed", origin=origin)
-            return None
+            log.exception("notifier.origin_read_failed", origins=len(origins))
         finally:
             await consumer.stop()
+        return found
 
     return read

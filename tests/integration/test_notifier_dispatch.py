@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from schemas.events import CaseEvent, new_event
+from services.notifier import dispatcher as dispatch_module
 from services.notifier.channels import build_channels
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.domain import NoisePolicy, RetryPolicy
@@ -148,11 +149,11 @@ async def store(
 def dispatcher(
     sessions: async_sessionmaker[AsyncSession], http: httpx.AsyncClient, clock: Clock, **options: Any
 ) -> Dispatcher:
-    async def read_origin(origin: str) -> tuple[bytes | None, bytes]:
-        return ORIGIN_KEY, ORIGIN_VALUE
+    async def read_origins(origins: Collection[str]) -> dict[str, tuple[bytes | None, bytes]]:
+        return dict.fromkeys(origins, (ORIGIN_KEY, ORIGIN_VALUE))
 
     channels = build_channels(http, timeout=options.pop("timeout", 5.0))
-    return Dispatcher(sessions, channels, options.pop("retry", FAST), read_origin=read_origin, clock=clock, **options)
+    return Dispatcher(sessions, channels, options.pop("retry", FAST), read_origins=read_origins, clock=clock, **options)
 
 
 async def outbox(db: asyncpg.Connection, ce_type: str | None = None, topic: str = "caselink.case.events") -> list[Any]:
@@ -389,3 +390,37 @@ async def test_stopping_lets_sends_in_flight_finish_and_records_them(
     [job] = await db.fetch("SELECT status, lease_until FROM notifier.jobs")
     assert (job["status"], job["lease_until"]) == ("delivered", None)
     assert len(await outbox(db, "notified")) == 1
+
+
+async def test_no_more_jobs_are_claimed_while_the_recorder_is_behind(
+    sessions: async_sessionmaker[AsyncSession],
+    db: asyncpg.Connection,
+    receivers: Any,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sent but not recorded, a job stays leased; if claiming went on while the database is slow
+    to record, the leases of what waits would run out and those pushes go out twice."""
+    await add_user(db, "w-fast", "worker", receivers["fast"].url)
+    recording = asyncio.Event()
+    record_sends = dispatch_module.record_sends
+
+    async def slow_record(*args: Any) -> None:
+        await recording.wait()
+        await record_sends(*args)
+
+    monkeypatch.setattr(dispatch_module, "record_sends", slow_record)
+    sender = dispatcher(sessions, http, lambda: datetime.now(UTC), poll_interval=0.05, max_unrecorded=5)
+    await sender.start()
+    try:
+        await store(sessions, db, Clock(datetime.now(UTC)), *(assigned(f"c-{n}", "w-fast") for n in range(12)))
+        sender.wake()
+        await receivers["fast"].wait_for_requests(5)
+        await asyncio.sleep(0.5)  # several polls
+        assert len(receivers["fast"].requests) == 5
+        recording.set()
+        await receivers["fast"].wait_for_requests(12)
+    finally:
+        await sender.stop()
+    assert len(receivers["fast"].requests) == 12
+    assert {r["status"] for r in await db.fetch("SELECT status FROM notifier.jobs")} == {"delivered"}
