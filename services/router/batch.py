@@ -14,9 +14,10 @@ PLACEMENT_ATTEMPTS, the messages go through the per-message path one by one.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
@@ -38,20 +39,21 @@ log = get_logger(__name__)
 PLACEMENT_ATTEMPTS = 3
 
 # Changes whenever `caselink network load` adds or updates a station or a user.
-_DIRECTORY_VERSION = text(
-    "SELECT (SELECT count(*) FROM shared.users), (SELECT max(updated_at) FROM shared.users), "
-    "(SELECT count(*) FROM shared.stations), (SELECT max(updated_at) FROM shared.stations)"
+_VERSION = (
+    "(SELECT count(*) FROM shared.users) AS users, (SELECT max(updated_at) FROM shared.users) AS users_at, "
+    "(SELECT count(*) FROM shared.stations) AS stations, (SELECT max(updated_at) FROM shared.stations) AS stations_at"
 )
 # The oldest transaction a statement's snapshot does not see as committed, its own included: a
 # row written later, or by a transaction open then (this one too, which may still roll back), has
 # changed_by >= it.
 _XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-_SNAPSHOT_XMIN = text(f"SELECT {_XMIN}")
-# The loads written since the last look, and those this router wrote or added to in a transaction
-# that may have rolled back (the rows are then as they were, changed_by too), with the new xmin;
-# one statement, so one snapshot, even with no rows.
-_CHANGED_LOADS = text(
-    f"WITH s AS (SELECT {_XMIN} AS xmin) SELECT s.xmin, w.worker_id, w.load, w.idle_since FROM s "
+_VERSION_AND_XMIN = text(f"SELECT {_VERSION}, {_XMIN} AS xmin")
+# The directory's version, the loads written since the last look, and those this router wrote or
+# added to in a transaction that may have rolled back (the rows are then as they were, changed_by
+# too), with the new xmin; one statement, so one snapshot and one round trip, even with no rows.
+_VERSION_AND_CHANGED_LOADS = text(
+    f"WITH s AS (SELECT {_VERSION}, {_XMIN} AS xmin) "
+    "SELECT s.*, w.worker_id, w.load, w.idle_since FROM s "
     "LEFT JOIN router.worker_load w ON w.changed_by >= :since OR w.worker_id = ANY(CAST(:touched AS text[]))"
 )
 _ROUTED_ALREADY = text("SELECT case_id FROM router.cases WHERE case_id = ANY(CAST(:ids AS text[]))")
@@ -87,18 +89,22 @@ class LiveNetwork:
         self._transaction: SessionTransaction | None = None  # the one that refreshed last
 
     async def refresh(self, session: AsyncSession) -> Network:
-        """A snapshot as fresh as this transaction can see (two cheap statements, or a full load)."""
-        version = tuple((await session.execute(_DIRECTORY_VERSION)).one())
-        transaction = session.sync_session.get_transaction()  # begun by now
-        ended = [t for t in self._touched if t is not transaction and not t.is_active]
-        if self._network is None or version != self._version:
-            # The xmin first: whatever the load below misses was written at or after it.
-            self._since = (await session.execute(_SNAPSHOT_XMIN)).scalar_one()
-            self._network, self._version = await load_network(session), version
+        """A snapshot as fresh as this transaction can see (one cheap statement, or a full load)."""
+        # Ended before this look at their rows (this transaction is active, whether begun yet or not).
+        ended = [t for t in self._touched if not t.is_active]
+        rows: Sequence[Row[Any]] = []
+        if self._network is None:
+            rows = [(await session.execute(_VERSION_AND_XMIN)).one()]
         else:
             touched = sorted(set().union(*self._touched.values()))
-            rows = (await session.execute(_CHANGED_LOADS, {"since": self._since, "touched": touched})).all()
-            self._since = rows[0].xmin
+            rows = (await session.execute(_VERSION_AND_CHANGED_LOADS, {"since": self._since, "touched": touched})).all()
+        transaction = session.sync_session.get_transaction()  # begun by now
+        version = (rows[0].users, rows[0].users_at, rows[0].stations, rows[0].stations_at)
+        # The xmin of a statement before the load: whatever the load misses was written at or after it.
+        self._since = rows[0].xmin
+        if self._network is None or version != self._version:
+            self._network, self._version = await load_network(session), version
+        else:
             changed = {row.worker_id: (row.load, row.idle_since) for row in rows if row.worker_id is not None}
             self._network.update_loads_in_place(changed)
         for done in ended:  # their rows, committed or rolled back, were just read as they are

@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import STATUS_AFTER, CaseEvent, EventSource, new_event
@@ -50,18 +50,18 @@ async def enqueue(
     headers: dict[str, str] | None = None,
 ) -> None:
     """Add one message to the outbox; it is published only if the surrounding transaction commits."""
-    raw_key = key.encode() if isinstance(key, str) else key
-    await session.execute(insert(outbox).values(topic=topic, key=raw_key, payload=payload, headers=headers or {}))
-    # NOTIFY is delivered at commit, and duplicates within one transaction are folded into one.
-    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    await enqueue_many(session, [OutboxMessage(topic, key, payload, headers or {})])
 
 
-# One statement text whatever the batch size, so asyncpg prepares it once per connection.
+# One statement text whatever the batch size, so asyncpg prepares it once per connection. It also
+# wakes the relay: a notification is delivered at commit, and those of one transaction are folded
+# into one.
 _ENQUEUE_MANY = text(
-    "INSERT INTO shared.outbox (topic, key, payload, headers) "
+    "WITH added AS (INSERT INTO shared.outbox (topic, key, payload, headers) "
     "SELECT m.topic, m.key, m.payload, CAST(m.headers AS jsonb) FROM unnest("
     "CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:payloads AS bytea[]), CAST(:headers AS text[])"
-    ") WITH ORDINALITY AS m(topic, key, payload, headers, position) ORDER BY m.position"
+    ") WITH ORDINALITY AS m(topic, key, payload, headers, position) ORDER BY m.position RETURNING 1) "
+    f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 )
 
 
@@ -95,7 +95,6 @@ async def enqueue_many(session: AsyncSession, messages: Sequence[OutboxMessage])
             "headers": [json.dumps(m.headers) for m in messages],
         },
     )
-    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
 _ADVANCE_HEADS = text(

@@ -209,7 +209,7 @@ async def test_refreshes_side_by_side_both_forget_an_ended_transaction(
         execute = session.execute
 
         async def another_refresh_first(statement: Any, *args: Any, **kwargs: Any) -> Any:
-            if statement is batch._CHANGED_LOADS:  # this refresh has noted t1 ended by now
+            if statement is batch._VERSION_AND_CHANGED_LOADS:  # this refresh has noted t1 ended by now
                 assert loads(await refresh(sessions, live))["w3"] == BASE_LOAD
             return await execute(statement, *args, **kwargs)
 

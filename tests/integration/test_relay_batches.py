@@ -18,13 +18,14 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED
 from services.shared.db import asyncpg_dsn
 from services.shared.embedded import TANSU_SETTINGS, start_infrastructure
 from services.shared.kafka import create_topics, make_producer
 from services.shared.migrate import upgrade_async
-from services.shared.outbox import OutboxRelay
+from services.shared.outbox import NOTIFY_CHANNEL, OutboxMessage, OutboxRelay, enqueue, enqueue_many
 from services.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -174,3 +175,37 @@ async def test_a_pass_that_fails_midway_deletes_nothing_and_the_next_publishes_e
 
     # The failed pass may have delivered some batches already: those come twice, never missing.
     assert set(n for records in by_partition.values() for n in numbers(records)) == set(range(600))
+
+
+@pytest.mark.parametrize("how", ["one", "many"])
+async def test_the_relay_is_woken_by_the_commit_that_fills_the_outbox_and_not_before(infra: Infra, how: str) -> None:
+    """The relay waits for a notification rather than polling (1 s by default): the statement that
+    adds to the outbox sends it, delivered when the transaction commits, never on a rollback."""
+    listener = await asyncpg.connect(asyncpg_dsn(infra.database_url))
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *args: woken.put_nowait(args[2]))
+    engine = create_async_engine(infra.database_url)
+    try:
+        message = OutboxMessage(CASE_EVENTS, f"wake-{how}", b"{}", {"ce_type": "test"})
+        for commit in (False, True):
+            async with engine.connect() as conn, AsyncSession(bind=conn) as session:
+                async with session.begin() as transaction:
+                    if how == "one":
+                        await enqueue(session, topic=message.topic, key=message.key, payload=message.payload)
+                    else:
+                        await enqueue_many(session, [message, message])
+                    await asyncio.sleep(0.2)
+                    assert woken.empty()  # not before the commit
+                    if not commit:
+                        await transaction.rollback()
+            if commit:
+                assert await asyncio.wait_for(woken.get(), 5) == NOTIFY_CHANNEL
+            else:
+                await asyncio.sleep(0.2)
+                assert woken.empty()
+        await asyncio.sleep(0.2)
+        assert woken.empty()  # one notification per transaction
+    finally:
+        await listener.execute("DELETE FROM shared.outbox WHERE key = $1", f"wake-{how}".encode())
+        await listener.close()
+        await engine.dispose()
