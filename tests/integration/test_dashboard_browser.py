@@ -38,6 +38,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 ROOM = "V-360402101001"  # 十里社区社工室
 SUBMITTER = "w-0031"  # the room's demo worker
 SUPERVISOR = "s-0001"  # 九江市社工支持中心 (M-3604), the top: where the case ends up waiting
+CITY = "M-3604"
 COUNTY = "C-360402"
 HIGH_RISK_WEIGHT = 2  # the default policy's load_weight for high
 NEEDED_CERTIFICATION = "intermediate"  # the default policy's rule protect-serious
@@ -93,6 +94,21 @@ async def decline_until_queued(
     raise AssertionError(f"case {case_id} did not queue after declines by {sorted(declined)}")
 
 
+async def make_tokens_of_workers(client: httpx.AsyncClient, tokens: Tokens, station_ids: list[str]) -> None:
+    """The tokens of every worker of these stations (whoever may be offered the case), made side by
+    side before `decline_until_queued` starts its clock. Each is a `caselink token create` process:
+    in a fresh-clone CI run on a loaded machine, offer to decline took 16-24 s each time (2-5 s in
+    the run before), while the router applied each decline within 0.2 s of the relay publishing it,
+    so three declines outlasted the 60 s."""
+    headers = {"Authorization": f"Bearer {await tokens.of(SUPERVISOR)}"}
+    workers: list[str] = []
+    for station_id in station_ids:
+        answer = await client.get(f"/v1/stations/{station_id}/workload", headers=headers)
+        assert answer.status_code == 200, answer.text
+        workers += [str(w["id"]) for w in answer.json()["workers"]]
+    await asyncio.gather(*(tokens.of(worker) for worker in workers))
+
+
 async def eligible_worker(
     client: httpx.AsyncClient, tokens: Tokens, station_ids: list[str], *, declined: set[str]
 ) -> tuple[str, str]:
@@ -143,6 +159,7 @@ async def test_supervisor_sees_an_escalation_live_and_assigns_it(stack: Stack) -
             # A reload would lose this marker: its survival proves the row below came in live.
             await page.evaluate("window.__sameDocument = true")
 
+            await make_tokens_of_workers(client, tokens, [COUNTY, CITY])
             answer = await client.post(
                 "/v1/referrals",
                 json=referral(),
