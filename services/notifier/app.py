@@ -7,11 +7,10 @@ import asyncio
 from datetime import timedelta
 from typing import Any, cast
 
-import httpx
 from faststream.kafka.annotations import KafkaMessage
 
 from schemas.topics import CASE_EVENTS
-from services.notifier.channels import build_channels
+from services.notifier.channels import build_channels, http_client
 from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
 from services.notifier.domain import NoisePolicy, RetryPolicy, purpose_of
 from services.notifier.handlers import CONSUMER, PUSHED_EVENTS, Incoming, store_jobs
@@ -38,7 +37,7 @@ def create_service(settings: Settings) -> Runtime:
     runtime = build_runtime("notifier", settings)
     _, bootstrap = settings.require_infrastructure()
     consumer = MessageConsumer(CONSUMER, runtime.sessions, max_attempts=settings.consumer_max_attempts)
-    client = httpx.AsyncClient(trust_env=False, timeout=settings.webhook_timeout)
+    client = http_client(settings.webhook_timeout)
     retry = RetryPolicy(
         attempts=settings.notify_attempts, base_delay=settings.notify_base_delay, max_delay=settings.notify_max_delay
     )

@@ -113,6 +113,20 @@ class UnsupportedChannel:
         return failed(f"channel '{self.name}' is not supported yet", retryable=False)
 
 
+def http_client(timeout: float) -> httpx.AsyncClient:
+    """The notifier's one HTTP client, shared by every channel and receiver.
+
+    It sets no connection limit of its own: the dispatcher's `max_in_flight` already bounds the
+    pushes in flight. With a limit (httpx's default is 100), requests beyond it wait in httpcore's
+    pool, and httpcore 1.0 keeps the slot of a request that stops waiting there at the wrong
+    moment (its pool timeout, or a cancellation) for ever; once such slots filled the pool, every
+    push of the process, to every receiver, timed out until it was restarted.
+    """
+    # trust_env=False: a proxy from the environment must not carry pushes to a station's server.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+    return httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits)
+
+
 def build_channels(
     client: httpx.AsyncClient, *, timeout: float = 10.0, settings: Settings | None = None
 ) -> dict[str, Channel]:

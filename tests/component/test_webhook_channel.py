@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -18,6 +19,7 @@ from services.notifier.channels import (
     build_channels,
     channel_for,
     encode_body,
+    http_client,
     sign,
     verify_signature,
 )
@@ -32,6 +34,7 @@ from services.notifier.domain import (
     push_for,
 )
 from tests.support.retrying import deliver_with_retries
+from tests.support.scripted_receiver import ScriptedReceiver
 from tests.support.webhook_receiver import Receiver
 
 SECRET = "s3cret-长密钥"
@@ -253,3 +256,34 @@ def test_signature_accepts_uppercase_hex_and_rejects_malformed_headers() -> None
     assert verify_signature(body, SECRET, f"  {good} ")
     for bad in ["", "sha256=", good.replace("sha256=", "sha1="), "sha256=zz", "sha256=é" + good[8:]]:
         assert not verify_signature(body, SECRET, bad)
+
+
+async def test_pushes_past_their_deadline_leave_the_shared_client_working(receiver: Receiver) -> None:
+    """Rounds of pushes to a slow receiver, each given up at its deadline, then a push to a healthy
+    receiver through the same client (the notifier's, `http_client`): it must go out, and no
+    connection may be left behind in the pool.
+
+    Before, the deadline cancelled the request, and the client kept httpx's default limit of 100
+    connections: httpcore 1.0 kept the slot of a request cancelled while waiting for a connection,
+    the pool filled with them, and every push of the process timed out. In the reliability stack
+    that gave up over a thousand pushes to a receiver that was answering."""
+    slow = ScriptedReceiver(default={"ok": True})
+    slow.delay = 1.0
+    await slow.start()
+    try:
+        async with http_client(timeout=5.0) as client:
+            behind = WebhookChannel(client, timeout=0.5)
+            for _ in range(4):
+                results = await asyncio.gather(*(behind.send(_push(f"{slow.url}/hook")) for _ in range(120)))
+                assert not any(result.ok for result in results)
+            healthy = await WebhookChannel(client, timeout=5.0).send(_push(f"{receiver.url}/hook"))
+            await asyncio.sleep(1.0)  # the abandoned requests end on httpx's own timeouts
+            # httpcore's pool, read directly: the only way to see a slot kept for ever.
+            pool = client._transport._pool  # type: ignore[attr-defined]
+            # A connection made for a request that then stopped waiting is NEW (or CONNECTING) for ever.
+            kept = [c.info() for c in pool.connections if c.info() == "CONNECTING" or ", NEW," in c.info()]
+    finally:
+        await slow.stop()
+    assert healthy.ok, healthy.error
+    assert len(receiver.requests) == 1
+    assert kept == []

@@ -74,15 +74,26 @@ def classify_status(status: int) -> DeliveryResult:
     return DeliveryResult(ok=False, status=status, error=f"receiver answered HTTP {status}", retryable=retryable)
 
 
+# Requests past their deadline, left to end on httpx's own timeouts (see post_once).
+_ABANDONED: set[asyncio.Future[httpx.Response]] = set()
+
+
 async def post_once(
     client: httpx.AsyncClient, url: str, *, body: bytes, headers: dict[str, str], seconds: float
 ) -> httpx.Response | DeliveryResult:
-    """POST raw bytes once within `seconds`; the response, or the failed result when no answer came."""
+    """POST raw bytes once within `seconds`; the response, or the failed result when no answer came.
+
+    httpx's timeouts (connect, pool, write, each read: `seconds`) bound every step separately, so a
+    receiver trickling bytes could hold a push for ever: the whole exchange also gets a deadline.
+    At the deadline the request is abandoned, not cancelled: httpcore 1.0 keeps the pool slot of a
+    request cancelled while its connection is being made, and once such slots filled the pool
+    (100) every push of the process, to every receiver, timed out until it was restarted.
+    """
+    request = asyncio.ensure_future(
+        client.post(url, content=body, headers={"User-Agent": USER_AGENT, **headers}, timeout=seconds)
+    )
     try:
-        # httpx timeouts bound each read separately; a receiver trickling bytes could hold
-        # the notifier forever, so the whole exchange also gets one overall deadline.
-        async with asyncio.timeout(seconds):
-            return await client.post(url, content=body, headers={"User-Agent": USER_AGENT, **headers}, timeout=seconds)
+        return await asyncio.wait_for(asyncio.shield(request), seconds)
     except (TimeoutError, httpx.TimeoutException):
         return failed(f"timed out after {seconds:g}s", retryable=True)
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -90,6 +101,16 @@ async def post_once(
     except httpx.TransportError as exc:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return failed(detail, retryable=True)
+    finally:
+        if not request.done():  # past the deadline, or the caller itself was cancelled
+            _ABANDONED.add(request)
+            request.add_done_callback(_forget)
+
+
+def _forget(request: asyncio.Future[httpx.Response]) -> None:
+    _ABANDONED.discard(request)
+    if not request.cancelled():
+        request.exception()  # retrieved: an abandoned request's failure is no news
 
 
 @dataclass(frozen=True)
