@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from services.notifier.adapters import base as adapters_base
 from services.notifier.channels import (
     UnsupportedChannel,
     WebhookChannel,
@@ -287,3 +288,28 @@ async def test_pushes_past_their_deadline_leave_the_shared_client_working(receiv
     assert healthy.ok, healthy.error
     assert len(receiver.requests) == 1
     assert kept == []
+
+
+async def test_abandoned_requests_are_capped_by_cancelling_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that trickles bytes for ever would keep a connection per abandoned push: past
+    MAX_ABANDONED, the oldest abandoned request is cancelled after all."""
+    monkeypatch.setattr(adapters_base, "MAX_ABANDONED", 2)
+    monkeypatch.setattr(adapters_base, "_ABANDONED", {})
+    started: list[str] = []
+
+    async def never_done(request: httpx.Request) -> httpx.Response:  # the transport ignores timeouts
+        started.append(request.url.path)
+        await asyncio.sleep(60)
+        return httpx.Response(200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(never_done)) as client:
+        for n in range(4):
+            result = await adapters_base.post_once(client, f"http://receiver/{n}", body=b"{}", headers={}, seconds=0.05)
+            assert isinstance(result, adapters_base.DeliveryResult) and result.retryable
+        lingering = list(adapters_base._ABANDONED)
+        assert len(lingering) == 2 and not any(request.done() for request in lingering)
+        assert started == ["/0", "/1", "/2", "/3"]
+        for request in lingering:
+            request.cancel()
+        await asyncio.gather(*lingering, return_exceptions=True)
+    assert adapters_base._ABANDONED == {}

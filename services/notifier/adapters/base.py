@@ -74,8 +74,12 @@ def classify_status(status: int) -> DeliveryResult:
     return DeliveryResult(ok=False, status=status, error=f"receiver answered HTTP {status}", retryable=retryable)
 
 
-# Requests past their deadline, left to end on httpx's own timeouts (see post_once).
-_ABANDONED: set[asyncio.Future[httpx.Response]] = set()
+# Requests past their deadline, left to end on httpx's own timeouts (see post_once), oldest first.
+_ABANDONED: dict[asyncio.Future[httpx.Response], None] = {}
+# A receiver trickling bytes slower than the read timeout, for ever, would keep one connection per
+# push: past this many abandoned requests the oldest is cancelled after all (its pool slot may then
+# be kept, a smaller harm than sockets without end).
+MAX_ABANDONED = 1000
 
 
 async def post_once(
@@ -103,12 +107,16 @@ async def post_once(
         return failed(detail, retryable=True)
     finally:
         if not request.done():  # past the deadline, or the caller itself was cancelled
-            _ABANDONED.add(request)
+            _ABANDONED[request] = None
             request.add_done_callback(_forget)
+            if len(_ABANDONED) > MAX_ABANDONED:
+                oldest = next(iter(_ABANDONED))
+                del _ABANDONED[oldest]
+                oldest.cancel()
 
 
 def _forget(request: asyncio.Future[httpx.Response]) -> None:
-    _ABANDONED.discard(request)
+    _ABANDONED.pop(request, None)
     if not request.cancelled():
         request.exception()  # retrieved: an abandoned request's failure is no news
 
