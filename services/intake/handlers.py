@@ -27,7 +27,7 @@ from services.intake.domain import (
     submitter_problems,
 )
 from services.intake.referral_batch import HttpSubmission
-from services.shared.db import RETRYABLE_SQLSTATES, is_transient_db_error, sqlstate_of, transaction
+from services.shared.db import is_conflict, is_transient_db_error, transaction
 from services.shared.directory import StationRow, User, live_token_users
 from services.shared.logging import bind_message_context, get_logger
 from services.shared.outbox import NOTIFY_CHANNEL, case_event_message, emit_case_events, enqueue
@@ -340,7 +340,7 @@ def worth_writing_alone(error: BaseException) -> bool:
     """Whether the items of a batch that failed with `error` should be written again one by one:
     yes, to find the one at fault, unless the database is unreachable (nobody's fault; each would
     only wait for the same failure). A deadlock or serialization failure is retried alone."""
-    return not is_transient_db_error(error) or sqlstate_of(error) in RETRYABLE_SQLSTATES
+    return not is_transient_db_error(error) or is_conflict(error)
 
 
 _CASE_COLUMNS = {

@@ -92,7 +92,7 @@ class LiveNetwork:
         """A snapshot as fresh as this transaction can see (one cheap statement, or a full load)."""
         # Ended before this look at their rows (this transaction is active, whether begun yet or not).
         ended = [t for t in self._touched if not t.is_active]
-        rows: Sequence[Row[Any]] = []
+        rows: Sequence[Row[Any]]
         if self._network is None:
             rows = [(await session.execute(_VERSION_AND_XMIN)).one()]
         else:

@@ -1,7 +1,7 @@
 """How every caselink consumer handles one Kafka message: inbox, transaction, retry, dead letter.
 
 - Effects and the inbox row commit together, so a redelivered message is skipped.
-- A transaction that lost a lock conflict with another (deadlock, NOWAIT) is run again at once.
+- A transaction that lost a lock conflict with another (deadlock, lock timeout) is run again at once.
 - A database outage is retried forever (raise → FastStream NACKs → the same offset is read
   again): a referral is never dropped because PostgreSQL was restarting.
 - Any other failure is retried `max_attempts` times, then the message goes to `<topic>.dlq`

@@ -140,7 +140,7 @@ UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """A deadlock, serialization failure or busy NOWAIT lock: the same transaction run again succeeds."""
+    """A deadlock, serialization failure or lock timeout: the same transaction run again succeeds."""
     return sqlstate_of(exc) in RETRYABLE_SQLSTATES
 
 

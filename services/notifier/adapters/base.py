@@ -89,9 +89,8 @@ async def post_once(
 
     httpx's timeouts (connect, pool, write, each read: `seconds`) bound every step separately, so a
     receiver trickling bytes could hold a push for ever: the whole exchange also gets a deadline.
-    At the deadline the request is abandoned, not cancelled: httpcore 1.0 keeps the pool slot of a
-    request cancelled while its connection is being made, and once such slots filled the pool
-    (100) every push of the process, to every receiver, timed out until it was restarted.
+    At the deadline the request is abandoned, not cancelled: httpcore 1.0 can keep the pool slot of
+    a cancelled request for ever (see `channels.http_client`).
     """
     request = asyncio.ensure_future(
         client.post(url, content=body, headers={"User-Agent": USER_AGENT, **headers}, timeout=seconds)
