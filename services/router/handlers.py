@@ -250,7 +250,8 @@ _LOCK_WORKERS = text(
 # the server would look for a deadlock, and a transaction merely finishing has time to commit.
 OUT_OF_ORDER_LOCK_TIMEOUT = "500ms"
 _OUT_OF_ORDER = text(f"SET LOCAL lock_timeout = '{OUT_OF_ORDER_LOCK_TIMEOUT}'")
-_IN_ORDER = text("SET LOCAL lock_timeout = 0")
+# Back to the configured value (postgresql.conf, ALTER ROLE), not to 0: an operator's limit stays.
+_IN_ORDER = text("SET LOCAL lock_timeout TO DEFAULT")
 
 
 async def lock_workers(session: AsyncSession, wanted: Iterable[str | None], held: set[str]) -> None:
