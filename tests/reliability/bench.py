@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 
+from schemas.topics import CASE_EVENTS, TOPIC_PARTITIONS
 from services.shared.embedded import EmbeddedProcess
 from tests.integration.router_harness import SYSTEM_USER, RouterHarness
 from tests.support.case_checks import offer_overlaps, sequence_problems
+from tests.support.faults import committed_offsets, end_offsets
 from tests.support.network_builder import NetworkBuilder, Subtree
 from tests.support.topic_log import short_type
 from tests.support.webhook_receiver import Receiver
@@ -195,7 +197,25 @@ class ReliabilityBench(RouterHarness):
             what=f"first placement of {len(cases)} cases",
             detail=lambda: self.explain(c for c in cases if not FIRST_PLACEMENT & set(self.events.types(c))),
         )
+        if (notifier := self.services.get("notifier")) is not None and notifier.proc.returncode is None:
+            # A running notifier (an earlier test's) still moves these cases' heads with `notified`.
+            await wait_until(
+                lambda: self.notifier_done(cases), within=within, what="the notifier through every event and job"
+            )
         await self.settle(quiet=1.0, within=within)
+
+    async def notifier_done(self, cases: list[str]) -> bool:
+        """The notifier's group has committed every case event, and no push job of these cases is pending."""
+        committed = await committed_offsets(
+            self.kafka_bootstrap, "caselink-notifier", CASE_EVENTS, TOPIC_PARTITIONS[CASE_EVENTS]
+        )
+        ends = await end_offsets(self.kafka_bootstrap, CASE_EVENTS)
+        if any(committed.get(p, 0) < end for p, end in ends.items()):
+            return False
+        rows = await self.sql(
+            "SELECT count(*) AS n FROM notifier.jobs WHERE case_id = ANY($1::text[]) AND status = 'pending'", cases
+        )
+        return int(rows[0]["n"]) == 0
 
     async def placed_once_problems(self, cases: list[str]) -> dict[str, list[str]]:
         """Per case, why it was not routed exactly once and placed exactly once, with gap-free sequences

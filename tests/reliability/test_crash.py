@@ -25,9 +25,7 @@ from typing import Any
 
 import pytest
 
-from schemas.topics import CASE_EVENTS, TOPIC_PARTITIONS
 from tests.reliability.bench import CATEGORIES, RISKS, ReliabilityBench, wait_until
-from tests.support.faults import committed_offsets, end_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(600)]
 
@@ -230,9 +228,9 @@ async def _assert_every_push_sent_once_but_for_kills(
     it only across a kill."""
     await _wait_for_pushes(bench, cases, within=60 + CASES / 5)
     # The jobs a killed notifier had claimed are sent again once its lease (60 s) runs out.
-    await wait_until(_notifier_done(bench, cases), within=150, what="the notifier through every event and job")
+    await wait_until(lambda: bench.notifier_done(cases), within=150, what="the notifier through every event and job")
     await bench.settle(quiet=2.0, within=60)
-    await wait_until(_notifier_done(bench, cases), within=60, what="the notifier through every event and job")
+    await wait_until(lambda: bench.notifier_done(cases), within=60, what="the notifier through every event and job")
     pushes = _webhook_pushes(bench, set(cases))
     # A push carries one delivery, or several folded into a digest under the digest's id (batch_id).
     deliveries = await bench.sql(
@@ -268,24 +266,6 @@ async def _assert_every_push_sent_once_but_for_kills(
     sends = {row["pushed_as"]: int(row["attempts"]) for row in deliveries}
     bad = _unexplained_repushes(pushes, sends, kills, clock)
     assert not bad, f"{len(bad)} of {repushed} repeated pushes not explained by a kill: {bad[:10]}"
-
-
-def _notifier_done(bench: ReliabilityBench, cases: list[str]) -> Callable[[], Awaitable[bool]]:
-    """The notifier's group has committed every case event, and no push job of these cases is pending."""
-
-    async def check() -> bool:
-        committed = await committed_offsets(
-            bench.kafka_bootstrap, "caselink-notifier", CASE_EVENTS, TOPIC_PARTITIONS[CASE_EVENTS]
-        )
-        ends = await end_offsets(bench.kafka_bootstrap, CASE_EVENTS)
-        if any(committed.get(p, 0) < end for p, end in ends.items()):
-            return False
-        rows = await bench.sql(
-            "SELECT count(*) AS n FROM notifier.jobs WHERE case_id = ANY($1::text[]) AND status = 'pending'", cases
-        )
-        return int(rows[0]["n"]) == 0
-
-    return check
 
 
 async def _wait_for_pushes(bench: ReliabilityBench, cases: list[str], *, within: float) -> None:
