@@ -1,16 +1,18 @@
 """`caselink bench`: start the stack, load Jiujiang, measure the baseline, the pipeline and HTTP intake.
 
 Order of a run: infrastructure (embedded unless CASELINK_DATABASE_URL / CASELINK_KAFKA_BOOTSTRAP
-are set), migrations, topics, network, token; the raw-broker baseline (before any service runs);
-intake; then for each replica count, that many routers and notifiers and a saturation phase
-(the first replica count also gets the fixed-rate phase first); HTTP intake while the last
-replica set runs; the correctness check over every Kafka submission; the table and the JSON.
+are set), migrations, topics, network, token; the raw-broker baseline and the durable floor
+(before any service runs); intake; then for each replica count, that many routers and notifiers
+and a saturation phase (the first replica count also gets the fixed-rate phase first); HTTP
+intake while the last replica set runs; the correctness check over every Kafka submission; the
+table and the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import signal
@@ -64,6 +66,7 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--webhooks", action="store_true", help="push by signed webhook to intake's /dev/inbox")
     bench.add_argument("--stall-seconds", type=float, default=60.0, help="give up when no case settles this long")
     bench.add_argument("--skip-baseline", action="store_true", help="no raw-broker baseline (no ratio)")
+    bench.add_argument("--skip-floor", action="store_true", help="no durable inbox/outbox floor")
     bench.add_argument("--skip-fixed-rate", action="store_true", help="no fixed-rate latency phase")
     bench.add_argument("--skip-http", action="store_true", help="no HTTP intake phase")
     bench.add_argument("--profile", action="store_true", help="py-spy the first routers and notifiers")
@@ -168,18 +171,25 @@ async def _measure(
         for i, (name, count) in enumerate(phases)
     }
     results: dict[str, Any] = {"meta": _meta(args, started, settings), "network": _network_counts(network)}
-    results["baseline"] = None
-    if not args.skip_baseline:
-        # The first saturation phase's payloads, cycled: a short baseline measures start-up, not throughput.
-        same = [(s.room_id.encode(), s.kafka_value()) for s in workloads[f"saturation-{args.replicas[0]}"]]
-        count = args.baseline_messages or max(args.cases, BASELINE_MINIMUM)
-        payloads = [same[i % len(same)] for i in range(count)]
-        task = progress.add_task("baseline: raw aiokafka, 3 hops", total=len(payloads))
+    # The first saturation phase's payloads, cycled: a short baseline measures start-up, not throughput.
+    same = [(s.room_id.encode(), s.kafka_value()) for s in workloads[f"saturation-{args.replicas[0]}"]]
+    count = args.baseline_messages or max(args.cases, BASELINE_MINIMUM)
+    payloads = [same[i % len(same)] for i in range(count)]
+    # Both before any service runs: nothing else shares the machine.
+    for key, title, skip, database_url in (
+        ("baseline", "baseline: raw aiokafka, 3 hops", args.skip_baseline, None),
+        ("floor", "floor: inbox + outbox, 3 forwarders", args.skip_floor, infra.database_url),
+    ):
+        results[key] = None
+        if skip:
+            continue
+        task = progress.add_task(title, total=len(payloads))
         baseline = await run_baseline(
             settings, infra.kafka_bootstrap, payloads, limit_seconds=300 + len(payloads) / 100,
-            progress=lambda n: progress.update(task, completed=n),
+            progress=functools.partial(_advance, progress, task),
+            database_url=database_url, meter=services.cpu_seconds,
         )  # fmt: skip
-        results["baseline"] = baseline.to_dict()
+        results[key] = baseline.to_dict()
 
     first = args.replicas[0]
     task = progress.add_task(f"starting intake, {first} router(s) and notifier(s)", total=None)
@@ -257,6 +267,10 @@ async def _measure(
         await producer.stop()
         await watcher.stop()
         await directory.close()
+
+
+def _advance(progress: Any, task: Any, completed: int) -> None:
+    progress.update(task, completed=completed)
 
 
 def _phase_progress(progress: Any, task: Any, name: str, replicas: int) -> Callable[[int, int], None]:

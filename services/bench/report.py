@@ -21,10 +21,12 @@ def sustained(section: dict[str, Any] | None, key: str = "per_s") -> float | Non
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Add the ratios and the target checks to a results dict (returns the same dict)."""
     baseline = sustained(results.get("baseline"))
+    floor = sustained(results.get("floor"))
     saturation = results["caselink"].get("saturation") or []
     by_replicas = {str(p["replicas"]): sustained(p, "cases_per_s") for p in saturation}
     results["ratios"] = {
         "caselink_vs_baseline": {n: ratio(rate, baseline) for n, rate in by_replicas.items()},
+        "caselink_vs_floor": {n: ratio(rate, floor) for n, rate in by_replicas.items()},
         "scale_out": {n: ratio(rate, by_replicas.get("1")) for n, rate in by_replicas.items() if n != "1"},
     }
     fixed = results["caselink"].get("fixed_rate") or {}
@@ -68,6 +70,18 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 f"overall {_num(baseline.get('per_s'))} msg/s over {baseline['messages']:,} msgs; {_latency(baseline)}",
             )
         )
+        if cpu := baseline.get("cpu"):
+            rows.append(_cpu_row("baseline", cpu, unit="msg"))
+    if floor := results.get("floor"):
+        rows.append(
+            (
+                f"floor: inbox + outbox in PostgreSQL, {floor['forwarders']} forwarders",
+                f"{_num(sustained(floor))} msg/s",
+                f"overall {_num(floor.get('per_s'))} msg/s over {floor['messages']:,} msgs; {_latency(floor)}",
+            )
+        )
+        if cpu := floor.get("cpu"):
+            rows.append(_cpu_row("floor", cpu, unit="msg"))
     if fixed := results["caselink"].get("fixed_rate"):
         rows.append(
             (
@@ -97,6 +111,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
         )
     for replicas, value in (results.get("ratios") or {}).get("caselink_vs_baseline", {}).items():
         rows.append((f"ratio caselink (×{replicas}) / baseline", _ratio(value), "sustained cases/s ÷ sustained msg/s"))
+    for replicas, value in (results.get("ratios") or {}).get("caselink_vs_floor", {}).items():
+        rows.append((f"ratio caselink (×{replicas}) / floor", _ratio(value), "sustained cases/s ÷ sustained msg/s"))
     for replicas, value in (results.get("ratios") or {}).get("scale_out", {}).items():
         rows.append((f"scale-out ×{replicas} / ×1", _ratio(value), "sustained cases/s"))
     for target in results.get("targets") or []:
@@ -149,12 +165,13 @@ def _drained(http: dict[str, Any]) -> str:
     return "; started with the backlog still there" if seconds is None else f"; after the backlog drained ({seconds} s)"
 
 
-def _cpu_row(label: str, cpu: dict[str, Any]) -> Row:
-    """What a case cost in CPU, by part, and the rate the machine's cores would allow at that cost."""
+def _cpu_row(label: str, cpu: dict[str, Any], unit: str = "case") -> Row:
+    """What a case (or a baseline's message) cost in CPU, by part, and the rate the machine's cores
+    would allow at that cost."""
     parts = " · ".join(f"{part} {ms:.2f}" for part, ms in sorted(cpu["ms_per_case"].items(), key=lambda kv: -kv[1]))
     return (
-        f"  CPU per case, {label}",
+        f"  CPU per {unit}, {label}",
         f"{cpu['total_ms_per_case']:.2f} ms",
         f"{parts} ms; {cpu['cores_busy']} of {cpu['cores']} cores busy; "
-        f"at this cost {cpu['cores']} cores carry at most {_num(cpu['ceiling_cases_per_s'])} cases/s",
+        f"at this cost {cpu['cores']} cores carry at most {_num(cpu['ceiling_cases_per_s'])} {unit}s/s",
     )

@@ -30,13 +30,16 @@ def test_a_tiny_bench_measures_every_section_and_loses_no_case(tmp_path: Path) -
 
     assert results["network"]["village_stations"] == 24
     assert results["baseline"]["messages"] == 300 and results["baseline"]["per_s"] > 0
+    floor = results["floor"]
+    assert floor["messages"] == 300 and floor["durable"] and floor["forwarders"] == 3 and floor["per_s"] > 0
+    assert floor["cpu"]["ms_per_case"]["forwarders"] > 0 and floor["cpu"]["ms_per_case"]["postgres"] > 0
     fixed = results["caselink"]["fixed_rate"]
     assert fixed["cases"] == 20 and fixed["latency_ms"]["p99_ms"] > 0
     (saturation,) = results["caselink"]["saturation"]
     assert saturation["replicas"] == 1 and saturation["settled"] == 30 and saturation["cases_per_s"] > 0
     assert set(saturation["stages_ms"]) == {"intake", "router", "notifier"}
     assert results["http"]["requests"] > 0 and results["http"]["statuses"].get("202") == results["http"]["accepted"]
-    assert results["ratios"]["caselink_vs_baseline"]["1"] > 0
+    assert results["ratios"]["caselink_vs_baseline"]["1"] > 0 and results["ratios"]["caselink_vs_floor"]["1"] > 0
     assert len(results["targets"]) == 3
     correctness = results["correctness"]
     assert correctness["ok"], correctness

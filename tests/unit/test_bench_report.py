@@ -91,3 +91,24 @@ def test_a_phase_with_cpu_readings_gets_a_row_with_the_cost_per_case_and_its_cei
     assert row[1] == "3.00 ms"
     assert row[2].startswith("router 1.50 · intake 1.00 · postgres 0.50 ms; 1.9 of 2 cores busy")
     assert "at most 667 cases/s" in row[2]
+
+
+def test_the_durable_floor_gets_its_rows_and_a_ratio_of_its_own() -> None:
+    cpu = {"ms_per_case": {"forwarders": 0.15, "postgres": 0.07}, "total_ms_per_case": 0.22,
+           "cores_busy": 1.7, "cores": 2, "ceiling_cases_per_s": 9090.9}  # fmt: skip
+    floor = {"messages": 1000, "hops": 4, "forwarders": 3, "durable": True, "per_s": 4000.0,
+             "steady_per_s": 5000.0, "latency_ms": {"p99_ms": 900.0}, "cpu": cpu}  # fmt: skip
+    summary = summarise(results(floor=floor))
+    assert summary["ratios"]["caselink_vs_floor"] == {"1": 0.2, "2": 0.32}
+    rows = table_rows(summary)
+    [row] = [row for row in rows if row[0].startswith("floor")]
+    assert row[0] == "floor: inbox + outbox in PostgreSQL, 3 forwarders" and row[1] == "5,000 msg/s"
+    [cost] = [row for row in rows if row[0] == "  CPU per msg, floor"]
+    assert cost[1] == "0.22 ms" and "at most 9,091 msgs/s" in cost[2]
+    assert ("ratio caselink (×1) / floor", "0.2", "sustained cases/s ÷ sustained msg/s") in rows
+
+
+def test_without_a_floor_its_ratio_is_none_and_it_has_no_row() -> None:
+    summary = summarise(results())
+    assert summary["ratios"]["caselink_vs_floor"] == {"1": None, "2": None}
+    assert not [row for row in table_rows(summary) if row[0].startswith("floor")]
