@@ -31,6 +31,7 @@ from services.shared.consuming import (
     decode_message,
     enqueue_dead_letter,
     origin,
+    record_id,
 )
 from services.shared.directory import get_user
 from services.shared.logging import bind_message_context, clear_message_context
@@ -104,7 +105,7 @@ def register_consumers(runtime: Runtime) -> None:
             # Claimed per message, not per submission id: a resend or a `caselink dlq replay` of a
             # rejected submission is judged again (an accepted one is a no-op: its submission key exists).
             kind = "rejected" if isinstance(submission, SubmissionInvalid) else "submission"
-            deliveries.append(Delivery(record, f"{kind}:{origin(record)}", submission))
+            deliveries.append(Delivery(record, f"{kind}:{record_id(record)}", submission))
         await submissions.process_batch(deliveries, work=accept_batch, work_one=accept_one)
 
     @runtime.broker.subscriber(CASE_COMMAND_RESULTS, **runtime.subscriber_options("caselink-intake-commands"))

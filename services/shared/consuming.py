@@ -85,6 +85,18 @@ def origin(record: Any) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
+def record_id(record: Any) -> str:
+    """What identifies a consumer record in an inbox when its payload has no id of its own: its
+    position and the timestamp stored with it, `topic/partition/offset@timestamp`.
+
+    The position alone comes back: a topic deleted and created again (a cluster rebuilt from its
+    definitions, an in-memory broker restarted beside a kept database) numbers its records from 0,
+    and a new message there would be taken for the one handled at that offset before, and skipped.
+    A redelivered record carries the timestamp it was stored with, so it is still recognised.
+    """
+    return f"{origin(record)}@{record.timestamp}"
+
+
 STATS_INTERVAL = 10.0  # seconds between a batch consumer's INFO summaries (instead of a line per message)
 
 
@@ -254,7 +266,7 @@ class MessageConsumer:
     async def dead_letter(self, record: Any, error: str) -> None:
         """Send the raw message to `<topic>.dlq` (once, even if this is itself redelivered)."""
         async with transaction(self._sessions) as session:
-            if not await claim(session, consumer=self.name, message_id=f"dlq:{origin(record)}"):
+            if not await claim(session, consumer=self.name, message_id=f"dlq:{record_id(record)}"):
                 return
             await enqueue_dead_letter(session, record, consumer=self.name, error=error)
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import REFERRALS_SUBMITTED
 from services.notifier.channels import verify_signature
+from services.shared.consuming import record_id
 from services.shared.demo import demo_secret
 from tests.integration.conftest import CaseEvents, Stack, TopicLog
 
@@ -113,6 +117,36 @@ async def test_kafka_referral_flows_the_same_way(stack: Stack, case_events: Case
     # Low risk stays in the village room (rule routine-in-village), with the room's own worker.
     assert routed["rule"] == "routine-in-village" and routed["tier"] == "village"
     assert_no_personal_data(json.dumps(events, ensure_ascii=False))
+
+
+async def test_a_submission_at_an_offset_handled_before_the_topic_was_created_again_is_still_accepted(
+    stack: Stack, case_events: CaseEvents, producer: Any
+) -> None:
+    """A topic deleted and created again (or an in-memory broker restarted beside a kept database)
+    numbers its records from 0 again: the inbox must not take a new submission for the one it
+    handled at that offset before."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        numbers = await producer.partitions_for(REFERRALS_SUBMITTED)
+        ends = await consumer.end_offsets([TopicPartition(REFERRALS_SUBMITTED, p) for p in numbers])
+    finally:
+        await consumer.stop()
+    earlier = int(time.time() * 1000) - 86_400_000  # what the earlier incarnation stored there, a day ago
+    claims = [
+        f"submission:{record_id(SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=o, timestamp=earlier))}"
+        for tp, end in ends.items()
+        for o in range(end, end + 3)
+    ]
+    await stack.sql(
+        "INSERT INTO shared.inbox (consumer, message_id) SELECT 'intake.submissions', unnest($1::text[])", claims
+    )
+
+    submission_id = str(uuid.uuid4())
+    message = referral(submission_id=submission_id, submitted_by=WORKER, risk_level="low")
+    await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(message).encode(), key=ROOM.encode())
+    case_id = await _case_of_submission(stack, case_events, submission_id)
+    await case_events.wait_for_types(case_id, "received", "routed", "assigned")
 
 
 async def test_repeated_idempotency_key_returns_the_same_case_and_creates_nothing(
