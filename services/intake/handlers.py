@@ -69,7 +69,7 @@ _ACCEPT = text(
     " CAST(:room_id AS text), CAST(:last_sequence AS integer) FROM go), "
     "timeline AS (INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
     " SELECT CAST(:case_id AS text), 1, CAST(:event_id AS uuid), CAST(:event_type AS text), "
-    " CAST(:event_time AS timestamptz), CAST(:event AS jsonb) FROM go), "
+    " CAST(:event_time AS timestamptz), CAST(:event AS json) FROM go), "
     "head AS (INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
     " SELECT CAST(:case_id AS text), 1, 'received', CAST(:tier AS text), CAST(:room_id AS text) FROM go), "
     "message AS (INSERT INTO shared.outbox (topic, key, payload, headers) "

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, Integer, PrimaryKeyConstraint, Table, Text, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from services.shared.db import metadata
@@ -63,7 +75,7 @@ case_events = Table(
     Column("event_id", UUID(as_uuid=False), nullable=False, unique=True),
     Column("type", Text, nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
-    Column("event", JSONB, nullable=False),
+    Column("event", JSON, nullable=False),  # the text as published (json keeps it; jsonb would re-encode it)
     # Arrival order across all cases: the position a live stream resumes from (Last-Event-ID).
     Column("position", BigInteger, Identity(), nullable=False, unique=True),
     PrimaryKeyConstraint("case_id", "sequence"),

@@ -38,7 +38,7 @@ _PROJECTED = (
 
 _ADD_TO_TIMELINES = text(
     "INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
-    "SELECT e.case_id, e.sequence, CAST(e.event_id AS uuid), e.type, e.time, CAST(e.event AS jsonb) FROM unnest("
+    "SELECT e.case_id, e.sequence, CAST(e.event_id AS uuid), e.type, e.time, CAST(e.event AS json) FROM unnest("
     "CAST(:case_ids AS text[]), CAST(:sequences AS integer[]), CAST(:event_ids AS text[]), CAST(:types AS text[]), "
     "CAST(:times AS timestamptz[]), CAST(:events AS text[])"
     ") WITH ORDINALITY AS e(case_id, sequence, event_id, type, time, event, n) ORDER BY e.n "

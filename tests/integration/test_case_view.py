@@ -176,3 +176,29 @@ async def test_an_event_recorded_again_changes_nothing(sessions: async_sessionma
 
     assert await read(sessions, case_id) == before
     assert before[0].status == "queued"
+
+
+async def test_the_timeline_keeps_each_event_as_the_json_text_that_was_published(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    case_id = await new_case(sessions)
+    routed = facts(case_id, "routed", "township", "T-CV-1") | {"rule": "default", "reason": "r"}
+    async with transaction(sessions) as session:
+        await emit_case_events(session, [("routed", routed)], source="caselink/router")
+        # Read before the commit: nobody else can have relayed (and deleted) these outbox rows yet;
+        # no relay runs on this database at all, so `received` is there too.
+        published = (
+            await session.execute(
+                text(
+                    "SELECT payload FROM shared.outbox WHERE topic = 'caselink.case.events' AND key = :key ORDER BY id"
+                ),
+                {"key": case_id.encode()},
+            )
+        ).scalars()
+        stored = (
+            await session.execute(
+                text("SELECT event::text FROM intake.case_events WHERE case_id = :id ORDER BY sequence"),
+                {"id": case_id},
+            )
+        ).scalars()
+        assert list(stored) == [bytes(payload).decode() for payload in published]
