@@ -40,6 +40,8 @@ jobs = Table(
     # A redelivered event finds its jobs and adds none: the dedupe of "never push twice".
     UniqueConstraint("event_id", "recipient"),
     Index("ix_jobs_pending_due", "due_at", postgresql_where=text("status = 'pending'")),
+    # When a queued or escalated case's first push was planned (store_jobs).
+    Index("ix_jobs_case_id_created_at", "case_id", "created_at"),
     schema="notifier",
 )
 
