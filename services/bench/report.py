@@ -63,25 +63,9 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
     """(what, figure, detail) rows of the human table, from a summarised results dict."""
     rows: list[Row] = []
     if baseline := results.get("baseline"):
-        rows.append(
-            (
-                f"baseline: raw aiokafka, {baseline['hops']} hops",
-                f"{_num(sustained(baseline))} msg/s",
-                f"overall {_num(baseline.get('per_s'))} msg/s over {baseline['messages']:,} msgs; {_latency(baseline)}",
-            )
-        )
-        if cpu := baseline.get("cpu"):
-            rows.append(_cpu_row("baseline", cpu, unit="msg"))
+        rows += _chain_rows("baseline", f"raw aiokafka, {baseline['hops']} hops", baseline)
     if floor := results.get("floor"):
-        rows.append(
-            (
-                f"floor: inbox + outbox in PostgreSQL, {floor['forwarders']} forwarders",
-                f"{_num(sustained(floor))} msg/s",
-                f"overall {_num(floor.get('per_s'))} msg/s over {floor['messages']:,} msgs; {_latency(floor)}",
-            )
-        )
-        if cpu := floor.get("cpu"):
-            rows.append(_cpu_row("floor", cpu, unit="msg"))
+        rows += _chain_rows("floor", f"inbox + outbox in PostgreSQL, {floor['forwarders']} forwarders", floor)
     if fixed := results["caselink"].get("fixed_rate"):
         rows.append(
             (
@@ -134,6 +118,20 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
             f"{correctness['notification_failed']:,} notification failures"
         )
         rows.append(("correctness", verdict, detail))
+    return rows
+
+
+def _chain_rows(name: str, what: str, chain: dict[str, Any]) -> list[Row]:
+    """The rows of the raw baseline or the durable floor: its rate, and what a message cost."""
+    rows = [
+        (
+            f"{name}: {what}",
+            f"{_num(sustained(chain))} msg/s",
+            f"overall {_num(chain.get('per_s'))} msg/s over {chain['messages']:,} msgs; {_latency(chain)}",
+        )
+    ]
+    if cpu := chain.get("cpu"):
+        rows.append(_cpu_row(name, cpu, unit="msg"))
     return rows
 
 
