@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import CASE_EVENTS, REFERRALS_SUBMITTED, TOPIC_PARTITIONS
+from services.shared.consuming import record_id
 from services.shared.kafka import log_ends
 from tests.reliability.bench import CATEGORIES, RISKS, ReliabilityBench, wait_until
 from tests.support.faults import committed_offsets
@@ -42,26 +43,26 @@ class ConsumerOfTopic:
     group: str
     topic: str
     inbox: str
-    message_ids: Callable[[str, dict[str, Any]], set[str]]
+    message_ids: Callable[[Any, dict[str, Any]], set[str]]  # of a record and its decoded value
 
 
 INTAKE_SUBMISSIONS = ConsumerOfTopic(
     "caselink-intake",
     REFERRALS_SUBMITTED,
     "intake.submissions",
-    # Claimed per message (`topic/partition/offset`); before that, per submission id.
-    lambda where, v: {f"submission:{where}", f"rejected:{where}", f"submission:{v.get('submission_id')}"},
+    # Claimed per message (`topic/partition/offset@timestamp`); before that, per submission id.
+    lambda r, v: {f"submission:{record_id(r)}", f"rejected:{record_id(r)}", f"submission:{v.get('submission_id')}"},
 )
 ROUTER_CASES = ConsumerOfTopic(
     "caselink-router",
     CASE_EVENTS,
     "router.cases",
-    lambda where, v: {str(v["id"])} if v.get("type") == "caselink.case.received.v1" else set(),
+    lambda _, v: {str(v["id"])} if v.get("type") == "caselink.case.received.v1" else set(),
 )
 
 
-async def _records(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
-    """(partition, offset, value) of every record on the topic up to its current end."""
+async def _records(bootstrap: str, topic: str) -> list[tuple[Any, dict[str, Any]]]:
+    """(record, decoded value) of every record on the topic up to its current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -69,11 +70,11 @@ async def _records(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str,
         consumer.assign(assignment)
         ends = await log_ends(consumer, assignment)
         await consumer.seek_to_beginning(*assignment)
-        found: list[tuple[int, int, dict[str, Any]]] = []
+        found: list[tuple[Any, dict[str, Any]]] = []
         deadline = time.monotonic() + 30
         while len(found) < sum(ends.values()) and time.monotonic() < deadline:
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                found += [(r.partition, r.offset, json.loads(r.value)) for r in records if r.offset < ends[tp]]
+                found += [(r, json.loads(r.value)) for r in records if r.offset < ends[tp]]
         return found
     finally:
         await consumer.stop()
@@ -87,15 +88,15 @@ async def _offsets_disagreeing_with_inbox(bench: ReliabilityBench, of: ConsumerO
         for row in await bench.sql("SELECT message_id FROM shared.inbox WHERE consumer = $1", of.inbox)
     }
     unprocessed, uncommitted = [], []
-    for partition, offset, value in await _records(bench.kafka_bootstrap, of.topic):
-        message_ids = of.message_ids(f"{of.topic}/{partition}/{offset}", value)
+    for record, value in await _records(bench.kafka_bootstrap, of.topic):
+        message_ids = of.message_ids(record, value)
         if not message_ids:
             continue
-        below = offset < committed.get(partition, 0)
+        below = record.offset < committed.get(record.partition, 0)
         if below and not message_ids & claimed:
-            unprocessed.append((partition, offset))
+            unprocessed.append((record.partition, record.offset))
         elif not below and message_ids & claimed:
-            uncommitted.append((partition, offset))
+            uncommitted.append((record.partition, record.offset))
     return {"committed but not processed": unprocessed, "processed but not committed": uncommitted}
 
 
