@@ -150,6 +150,7 @@ async def _measure(
     settings: Settings, args: argparse.Namespace, services: Any, network: Any, system_user: str, progress: Any
 ) -> dict[str, Any]:
     from services.bench.baseline import run_baseline
+    from services.bench.cpu import CORES, cost_between
     from services.bench.http import run_http
     from services.bench.ledger import check_run
     from services.bench.pipeline import CaseDirectory, EventWatcher, drain, run_phase
@@ -253,12 +254,19 @@ async def _measure(
             drained = await drain(directory, limit_seconds=args.stall_seconds)
             progress.update(task, total=1, completed=1)
             task = progress.add_task(f"HTTP intake, {args.http_clients} clients (s)", total=args.http_seconds)
+            cpu_before = services.cpu_seconds()
             http = await run_http(
                 services.http, token, workloads[phases[-1][0]], seconds=args.http_seconds, clients=args.http_clients,
                 progress=lambda s: progress.update(task, completed=min(s, args.http_seconds)),
             )  # fmt: skip
             progress.update(task, completed=args.http_seconds)
-            results["http"] = http.to_dict() | {"backlog_drained_after_s": drained}
+            # Everything the stack spent meanwhile, per answered request: intake's HTTP work and
+            # what the router and notifier did with the cases those requests created.
+            cost = cost_between(cpu_before, services.cpu_seconds(), cases=http.requests, seconds=http.seconds)
+            results["http"] = http.to_dict() | {
+                "backlog_drained_after_s": drained,
+                "cpu": cost.to_dict(CORES) if cost else None,
+            }
         submitted = [s.submission_id for name, _ in phases for s in workloads[name]]
         results["correctness"] = check_run(submitted, case_of, watcher.ledger, watcher.rejected).to_dict()
         results["profile"] = profile

@@ -93,6 +93,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 f"statuses {http['statuses']}{_drained(http)}",
             )
         )
+        if cpu := http.get("cpu"):
+            rows.append(_cpu_row("HTTP", cpu, unit="request"))
     for replicas, value in (results.get("ratios") or {}).get("caselink_vs_baseline", {}).items():
         rows.append((f"ratio caselink (×{replicas}) / baseline", _ratio(value), "sustained cases/s ÷ sustained msg/s"))
     for replicas, value in (results.get("ratios") or {}).get("caselink_vs_floor", {}).items():

@@ -39,6 +39,7 @@ def test_a_tiny_bench_measures_every_section_and_loses_no_case(tmp_path: Path) -
     assert saturation["replicas"] == 1 and saturation["settled"] == 30 and saturation["cases_per_s"] > 0
     assert set(saturation["stages_ms"]) == {"intake", "router", "notifier"}
     assert results["http"]["requests"] > 0 and results["http"]["statuses"].get("202") == results["http"]["accepted"]
+    assert results["http"]["cpu"]["ms_per_case"]["intake"] > 0  # intake's HTTP work, per answered request
     assert results["ratios"]["caselink_vs_baseline"]["1"] > 0 and results["ratios"]["caselink_vs_floor"]["1"] > 0
     assert len(results["targets"]) == 3
     correctness = results["correctness"]

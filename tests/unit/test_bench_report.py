@@ -112,3 +112,14 @@ def test_without_a_floor_its_ratio_is_none_and_it_has_no_row() -> None:
     summary = summarise(results())
     assert summary["ratios"]["caselink_vs_floor"] == {"1": None, "2": None}
     assert not [row for row in table_rows(summary) if row[0].startswith("floor")]
+
+
+def test_the_http_phase_with_cpu_readings_gets_a_row_with_the_cost_per_request() -> None:
+    cpu = {"ms_per_case": {"intake": 2.0, "postgres": 1.0}, "total_ms_per_case": 3.0,
+           "cores_busy": 1.8, "cores": 2, "ceiling_cases_per_s": 666.7}  # fmt: skip
+    rows = table_rows(summarise(results(http={**results()["http"], "cpu": cpu})))
+    names = [row[0] for row in rows]
+    [row] = [row for row in rows if row[0] == "  CPU per request, HTTP"]
+    assert names.index(row[0]) == names.index("HTTP intake, 32 clients") + 1
+    assert row[1] == "3.00 ms" and "at most 667 requests/s" in row[2]
+    assert not any("CPU per request" in row[0] for row in table_rows(summarise(results())))
