@@ -38,11 +38,8 @@ log = get_logger(__name__)
 # the capacity between our read and our update, and a fresh read usually gets it right.
 PLACEMENT_ATTEMPTS = 3
 
-# Changes whenever `caselink network load` adds or updates a station or a user.
-_VERSION = (
-    "(SELECT count(*) FROM shared.users) AS users, (SELECT max(updated_at) FROM shared.users) AS users_at, "
-    "(SELECT count(*) FROM shared.stations) AS stations, (SELECT max(updated_at) FROM shared.stations) AS stations_at"
-)
+# Moves on with every write to shared.stations or shared.users (a statement trigger, migration 0009).
+_VERSION = "(SELECT version FROM shared.directory_version) AS directory"
 # The oldest transaction a statement's snapshot does not see as committed, its own included: a
 # row written later, or by a transaction open then (this one too, which may still roll back), has
 # changed_by >= it.
@@ -80,7 +77,7 @@ class LiveNetwork:
 
     def __init__(self) -> None:
         self._network: Network | None = None
-        self._version: tuple[Any, ...] | None = None
+        self._version: int | None = None
         self._since = 0  # the xmin of the snapshot the loads were last read in
         # Workers each transaction wrote, or gave load in the snapshot alone: re-read at every
         # refresh until another transaction read them after this one ended (the command
@@ -99,10 +96,11 @@ class LiveNetwork:
             touched = sorted(set().union(*self._touched.values()))
             rows = (await session.execute(_VERSION_AND_CHANGED_LOADS, {"since": self._since, "touched": touched})).all()
         transaction = session.sync_session.get_transaction()  # begun by now
-        version = (rows[0].users, rows[0].users_at, rows[0].stations, rows[0].stations_at)
+        version = rows[0].directory
         # The xmin of a statement before the load: whatever the load misses was written at or after it.
         self._since = rows[0].xmin
-        if self._network is None or version != self._version:
+        # No version row (deleted by hand): nothing tells a change, so every batch reloads.
+        if self._network is None or version is None or version != self._version:
             self._network, self._version = await load_network(session), version
         else:
             changed = {row.worker_id: (row.load, row.idle_since) for row in rows if row.worker_id is not None}

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -94,5 +95,15 @@ case_heads = Table(
     Column("status", Text, nullable=False),
     Column("tier", Text, nullable=False),
     Column("station_id", Text, nullable=False),
+    schema="shared",
+)
+
+# One row: the id of the last transaction that wrote `stations` or `users`, set by a statement
+# trigger (migration 0009), so a router learns whether the directory changed with one lookup.
+directory_version = Table(
+    "directory_version",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, server_default="1"),
+    Column("version", BigInteger, nullable=False, server_default="0"),
     schema="shared",
 )

@@ -229,6 +229,51 @@ async def test_a_directory_change_reloads_the_network(
     assert worker(network, "w4").load == 0
 
 
+async def directory_version(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with transaction(sessions) as session:
+        return int((await session.execute(text("SELECT version FROM shared.directory_version"))).scalar_one())
+
+
+async def test_every_write_to_the_directory_moves_its_version_on(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    writes = [
+        "UPDATE shared.users SET on_duty = false WHERE id = 'w1'",
+        "UPDATE shared.stations SET name = 'renamed' WHERE id = (SELECT min(id) FROM shared.stations)",
+        "INSERT INTO shared.users (id, name, role) VALUES ('w-new', 'new', 'worker')",
+        "DELETE FROM shared.users WHERE id = 'w-new'",
+    ]
+    for statement in writes:
+        before = await directory_version(sessions)
+        async with transaction(sessions) as session:
+            await session.execute(text(statement))
+        assert await directory_version(sessions) > before, statement
+
+
+async def test_a_directory_change_by_hand_reloads_the_network(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    assert worker(await refresh(sessions, live), "w1").on_duty
+    async with transaction(sessions) as session:  # an operator's SQL, not `caselink network load`
+        await session.execute(text("UPDATE shared.users SET on_duty = false WHERE id = 'w1'"))
+    assert not worker(await refresh(sessions, live), "w1").on_duty
+
+
+async def test_without_a_version_row_every_refresh_reloads_the_network(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    async with transaction(sessions) as session:
+        await session.execute(text("DELETE FROM shared.directory_version"))
+    try:
+        await refresh(sessions, live)
+        async with transaction(sessions) as session:  # the trigger's update finds no row to move on
+            await session.execute(text("UPDATE shared.users SET capacity = 3 WHERE id = 'w1'"))
+        assert worker(await refresh(sessions, live), "w1").capacity == 3
+    finally:
+        async with transaction(sessions) as session:
+            await session.execute(text("INSERT INTO shared.directory_version DEFAULT VALUES ON CONFLICT DO NOTHING"))
+
+
 # ------------------------------------------------- a batch whose reservations another replica beat
 
 
