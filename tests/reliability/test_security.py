@@ -207,6 +207,8 @@ REVIEWED = {
     "services/shared/case_view.py": {"column"},
     "services/shared/migrations/env.py": {"schema"},  # the schema names in SCHEMAS
     "services/shared/migrations/versions/0001_initial_schema.py": {"schema"},
+    # the two directory tables and their trigger names, from TRIGGERS
+    "services/shared/migrations/versions/0009_directory_version.py": {"table", "trigger"},
     # the bench floor's scratch tables, from _floor_tables (the schema constant and a hop number)
     "services/bench/baseline.py": {"inbox", "outbox"},
 }
