@@ -12,8 +12,8 @@ from faststream.kafka.annotations import KafkaMessage
 from schemas.topics import CASE_EVENTS
 from services.notifier.channels import build_channels, http_client
 from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
-from services.notifier.domain import NoisePolicy, RetryPolicy, purpose_of
-from services.notifier.handlers import CONSUMER, PUSHED_EVENTS, Incoming, store_jobs
+from services.notifier.domain import Job, NoisePolicy, RetryPolicy, purpose_of
+from services.notifier.handlers import CONSUMER, PUSHED_EVENTS, Incoming, Lease, Stored, store_jobs
 from services.shared.consuming import (
     MessageConsumer,
     batch_subscriber,
@@ -71,7 +71,7 @@ def create_service(settings: Settings) -> Runtime:
         if not batch:
             return
 
-        if await _store_batch(consumer, runtime, records, batch, noise):
+        if await _store_batch(consumer, runtime, dispatcher, records, batch, noise):
             dispatcher.wake()
 
     runtime.companions.append(dispatcher)
@@ -80,27 +80,46 @@ def create_service(settings: Settings) -> Runtime:
 
 
 async def _store_batch(
-    consumer: MessageConsumer, runtime: Runtime, records: tuple[Any, ...], batch: list[Incoming], noise: NoisePolicy
+    consumer: MessageConsumer,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    records: tuple[Any, ...],
+    batch: list[Incoming],
+    noise: NoisePolicy,
 ) -> bool:
-    """Store a batch's jobs in one transaction; whether any job is new.
+    """Store a batch's jobs in one transaction; whether a new job waits for the dispatcher's claim.
 
+    Jobs due at once are stored leased to this replica's dispatcher, as far as it has room, and
+    handed to it after the commit: it sends them without claiming them back.
     If the batch fails for a reason other than the database, its events are stored one at a
     time, each under the consumer's retry / dead-letter policy: only a bad event goes to the
     DLQ, and the ones already stored are not stored twice (one job per event and recipient).
     """
 
-    async def store(items: list[Incoming]) -> bool:
+    async def store(items: list[Incoming], lease: Lease | None = None) -> Stored:
         async with transaction(runtime.sessions) as session:
-            return await store_jobs(session, items, now=utc_now(), noise=noise) > 0
+            return await store_jobs(session, items, now=utc_now(), noise=noise, lease=lease)
 
+    async def store_one(item: Incoming) -> bool:
+        return (await store([item])).to_claim
+
+    lease = dispatcher.reserve()
+    leased: list[Job] = []
     try:
-        return await store(batch)
+        stored = await store(batch, lease)
+        leased = stored.leased
     except Exception as exc:
-        if is_transient_db_error(exc):
-            await asyncio.sleep(1.0)
-            raise  # NACK: the batch is read again once the database is back
+        failure = exc
+    else:
+        return stored.to_claim
+    finally:
+        if lease is not None:
+            dispatcher.take(lease, leased)  # also when storing failed: its room is free again
+    if is_transient_db_error(failure):
+        await asyncio.sleep(1.0)
+        raise failure  # NACK: the batch is read again once the database is back
     by_origin = {origin(record): record for record in records}
-    stored = False
+    waiting = False
     for item in batch:
-        stored |= await consumer.guard(by_origin[item.origin], lambda item=item: store([item]))  # type: ignore[misc]
-    return stored
+        waiting |= await consumer.guard(by_origin[item.origin], lambda item=item: store_one(item))  # type: ignore[misc]
+    return waiting

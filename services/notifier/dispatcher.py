@@ -1,7 +1,8 @@
 """The dispatcher: sends due push jobs, many at once, and records what each send did.
 
-Every notifier replica runs one. It claims due jobs under a lease (handlers.claim_due), sends
-each group as its own task, so a receiver that answers slowly or not at all holds up only its
+Every notifier replica runs one. It claims due jobs under a lease (handlers.claim_due), or is
+handed the jobs its own consumer just stored leased to it (`reserve`, then `take`: no claim for
+a push due at once), sends each group as its own task, so a receiver that answers slowly or not at all holds up only its
 own pushes, and a recorder writes finished sends in batches. Retries and fallbacks are not
 awaited: they go back into the table with a later `due_at`, which survives a restart.
 
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.notifier.adapters.base import DeliveryResult, failed
 from services.notifier.channels import Channel, channel_for
 from services.notifier.domain import Job, RetryPolicy, after_send, push_for, sending_groups
-from services.notifier.handlers import Sent, claim_due, origins_of, record_sends
+from services.notifier.handlers import Lease, Sent, claim_due, origins_of, record_sends
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.kafka import consumer_options
 from services.shared.logging import get_logger
@@ -76,6 +77,13 @@ class Dispatcher:
         self._unrecorded = 0
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        # Set when the claim loop found no room: only then does freed room wake it (otherwise
+        # every finished send would run a claim that, at a steady trickle, finds nothing).
+        self._starved = False
+        # Leases handed out by `reserve` and not yet `take`n: `stop` waits for them.
+        self._reserved = 0
+        self._all_taken = asyncio.Event()
+        self._all_taken.set()
         self._stopping = False
         self._in_flight = 0
         self._sending: set[asyncio.Task[None]] = set()
@@ -87,6 +95,31 @@ class Dispatcher:
         """Look for due jobs now (new jobs were stored) instead of at the next poll."""
         self._wake.set()
 
+    def reserve(self) -> Lease | None:
+        """Room for jobs the caller is about to store due now, leased to this dispatcher; None when
+        there is none (or it is not running). Every lease must be given back with `take`."""
+        if self._loop is None or self._stopping:
+            return None
+        room = self._room()
+        if room <= 0:
+            return None
+        self._in_flight += room
+        self._unrecorded += room
+        self._reserved += 1
+        self._all_taken.clear()
+        return Lease(until=self._clock() + self._lease, room=room)
+
+    def take(self, lease: Lease, jobs: list[Job]) -> None:
+        """Send the jobs stored under `lease` (none if storing failed) and free the rest of its room."""
+        self._in_flight -= lease.room
+        self._unrecorded -= lease.room
+        self._launch(jobs)
+        self._reserved -= 1
+        if not self._reserved:
+            self._all_taken.set()
+        if self._starved:
+            self._wake.set()
+
     async def start(self) -> None:
         """Begin claiming, sending and recording in the background."""
         self._stopping = False
@@ -94,7 +127,8 @@ class Dispatcher:
         self._loop = asyncio.create_task(self._claim_forever())
 
     async def stop(self, grace: float = 15.0) -> None:
-        """Stop claiming, let sends in flight finish and be recorded (within `grace` seconds)."""
+        """Stop claiming, let sends in flight (and those of leases being stored) finish and be
+        recorded, within `grace` seconds."""
         self._stopping = True
         self._wake.set()
         with contextlib.suppress(Exception):
@@ -102,6 +136,7 @@ class Dispatcher:
                 await self._loop
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
+                await self._all_taken.wait()
                 if self._sending:
                     await asyncio.gather(*self._sending, return_exceptions=True)
                 await self._results.join()
@@ -128,10 +163,22 @@ class Dispatcher:
         async with transaction(self._sessions) as session:
             return await claim_due(session, now=now, lease_until=now + self._lease, limit=limit)
 
+    def _room(self) -> int:
+        return min(self._batch_size, self._max_in_flight - self._in_flight, self._max_unrecorded - self._unrecorded)
+
+    def _launch(self, jobs: list[Job]) -> None:
+        self._unrecorded += len(jobs)
+        for group in sending_groups(jobs):
+            self._in_flight += len(group)
+            task = asyncio.create_task(self._send_and_queue(group))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
     async def _claim_forever(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = min(self._batch_size, self._max_in_flight - self._in_flight, self._max_unrecorded - self._unrecorded)
+            free = self._room()
+            self._starved = free <= 0
             claimed: list[Job] = []
             if free > 0:
                 try:
@@ -143,12 +190,7 @@ class Dispatcher:
                         log.warning("notifier.database_unavailable", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
                     continue
-            self._unrecorded += len(claimed)
-            for group in sending_groups(claimed):
-                self._in_flight += len(group)
-                task = asyncio.create_task(self._send_and_queue(group))
-                self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
+            self._launch(claimed)
             if claimed and len(claimed) == free:
                 continue  # more may be due right now
             with contextlib.suppress(TimeoutError):
@@ -162,7 +204,8 @@ class Dispatcher:
             raise
         finally:
             self._in_flight -= len(group)
-            self._wake.set()  # room for more
+            if self._starved:
+                self._wake.set()  # room for more
         await self._results.put(sent)
 
     async def _send(self, group: list[Job]) -> list[Sent]:
@@ -226,7 +269,8 @@ class Dispatcher:
                     level("notifier.record_failed", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
             self._unrecorded -= len(sent)
-            self._wake.set()
+            if self._starved:
+                self._wake.set()
             for _ in batches:
                 self._results.task_done()
 

@@ -2,7 +2,9 @@
 record what each send did (delivery log, `notified` / `notification_failed`, dead letters).
 
 The consumer never sends: it stores jobs in one transaction per batch and moves on, so a slow
-or dead receiver cannot hold up a partition. The dispatcher (dispatcher.py) sends.
+or dead receiver cannot hold up a partition. The dispatcher (dispatcher.py) sends. Jobs due at
+once can be stored already leased to the dispatcher, which then sends them without claiming
+them back (`store_jobs(lease=...)`): the lease is what a claim would have written.
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ class Incoming:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who stores jobs may lease up to `room` of those due at once to its dispatcher, until `until`."""
+
+    until: datetime
+    room: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What storing a batch did: how many jobs are new (or revived), and the new ones stored leased
+    (sent by the dispatcher that holds the lease, without a claim)."""
+
+    new: int
+    leased: list[Job]
+
+    @property
+    def to_claim(self) -> bool:
+        """Whether some new job waits for a claim (no lease room, revived, or due later)."""
+        return self.new > len(self.leased)
+
+
+@dataclass(frozen=True)
 class Sent:
     """A job after a send: the job (its counters already include the send), the result, the channel
     it went over, the push's own delivery id when it was part of a digest, and the decided step."""
@@ -87,21 +111,29 @@ def _build_channel_configs(raw: list[dict[str, Any]]) -> tuple[ChannelConfig, ..
     return tuple(ChannelConfig(channel=c["channel"], **{k: c.get(k) for k in _CHANNEL_FIELDS}) for c in raw)
 
 
-async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy) -> int:
-    """Plan and store the jobs of a batch of events; return how many are new (or revived).
+async def store_jobs(
+    session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy, lease: Lease | None = None
+) -> Stored:
+    """Plan and store the jobs of a batch of events.
 
     A redelivered event adds nothing (one job per event and recipient). A job given up before
     becomes pending again with the recipient's current channels: that is how a dead letter
     replayed after fixing the network file gets its push out.
+
+    With a `lease`, up to `lease.room` new jobs due now are stored leased until `lease.until`, and
+    returned: the caller hands them to its dispatcher once the transaction committed. If it never
+    does (the process died), the lease runs out and any dispatcher claims them, as after a crash
+    between claim and send. Revived jobs are never leased here: their stored counters count.
     """
     dumped = [(item, item.event.data.model_dump(mode="json")) for item in batch]
     wanted = [(item, data, recipients_needed(item.event.type, data)) for item, data in dumped]
     wanted = [(item, data, query) for item, data, query in wanted if not query.is_empty]
     if not wanted:
-        return 0
+        return Stored(0, [])
     directory = await _Directory.load(session, [query for _, _, query in wanted])
     waiting = await _first_job_times(session, [d["case_id"] for i, d, _ in wanted if i.event.type in _WAITING])
-    rows: list[tuple[Any, ...]] = []
+    # A job twice in one batch (its event delivered twice) is stored once.
+    planned: dict[uuid.UUID, tuple[Job, str]] = {}
     for item, data, query in wanted:
         since = waiting.get(data["case_id"], item.event.time) if item.event.type in _WAITING else None
         jobs = plan_jobs(
@@ -113,13 +145,18 @@ async def store_jobs(session: AsyncSession, batch: list[Incoming], *, now: datet
             noise=noise,
             waiting_since=since,
         )
-        rows += [_row(job, item.origin) for job in jobs]
-    if not rows:
-        return 0
-    # A job twice in one batch (its event delivered twice) would be one row updated twice.
-    unique = list({row[0]: row for row in rows}.values())
-    columns = dict(zip(_JOB_COLUMNS, zip(*unique, strict=True), strict=True))
-    return len((await session.execute(_STORE_JOBS, {name: list(values) for name, values in columns.items()})).all())
+        planned |= {job.id: (job, item.origin) for job in jobs}
+    if not planned:
+        return Stored(0, [])
+    # Jobs due now take the lease's room in batch order; the others wait for a claim.
+    leased: set[uuid.UUID] = set()
+    if lease is not None:
+        leased = set([job_id for job_id, (job, _) in planned.items() if job.due_at <= now][: lease.room])
+    leases = [lease.until if lease is not None and job_id in leased else None for job_id in planned]
+    rows = [_row(job, origin) for job, origin in planned.values()]
+    columns = {name: list(values) for name, values in zip(_JOB_COLUMNS, zip(*rows, strict=True), strict=True)}
+    stored = (await session.execute(_STORE_JOBS, {**columns, "leases": leases})).all()
+    return Stored(len(stored), [planned[uuid.UUID(str(job_id))][0] for job_id, is_leased in stored if is_leased])
 
 
 _WAITING = (ESCALATED, QUEUED)
@@ -129,22 +166,23 @@ _JOB_COLUMNS = (
     "recipients", "channels", "messages", "batchables", "due_ats", "origins",
 )  # fmt: skip
 # One statement text whatever the batch size (asyncpg prepares it once per connection, and
-# SQLAlchemy compiles nothing per batch). A job given up before becomes pending again.
+# SQLAlchemy compiles nothing per batch). A job given up before becomes pending again, unleased.
 _STORE_JOBS = text(
     "INSERT INTO notifier.jobs (id, event_id, event_type, case_id, purpose, category, risk_level, resident_ref, "
-    "recipient, channels, message, batchable, due_at, origin) "
+    "recipient, channels, message, batchable, due_at, origin, lease_until) "
     "SELECT m.id, m.event_id, m.event_type, m.case_id, m.purpose, m.category, m.risk_level, m.resident_ref, "
-    "m.recipient, CAST(m.channels AS jsonb), CAST(m.message AS jsonb), m.batchable, m.due_at, m.origin FROM unnest("
+    "m.recipient, CAST(m.channels AS jsonb), CAST(m.message AS jsonb), m.batchable, m.due_at, m.origin, "
+    "m.lease_until FROM unnest("
     "CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:case_ids AS text[]), "
     "CAST(:purposes AS text[]), CAST(:categories AS text[]), CAST(:risk_levels AS text[]), "
     "CAST(:resident_refs AS text[]), CAST(:recipients AS text[]), CAST(:channels AS text[]), "
     "CAST(:messages AS text[]), CAST(:batchables AS boolean[]), CAST(:due_ats AS timestamptz[]), "
-    "CAST(:origins AS text[])) AS m(id, event_id, event_type, case_id, purpose, category, risk_level, "
-    "resident_ref, recipient, channels, message, batchable, due_at, origin) "
+    "CAST(:origins AS text[]), CAST(:leases AS timestamptz[])) AS m(id, event_id, event_type, case_id, purpose, "
+    "category, risk_level, resident_ref, recipient, channels, message, batchable, due_at, origin, lease_until) "
     "ON CONFLICT (event_id, recipient) DO UPDATE SET status = 'pending', channel_index = 0, attempt = 0, "
     "lease_until = NULL, finished_at = NULL, channels = EXCLUDED.channels, due_at = EXCLUDED.due_at "
     "WHERE notifier.jobs.status = 'failed' "
-    "RETURNING notifier.jobs.id"
+    "RETURNING notifier.jobs.id, notifier.jobs.lease_until IS NOT NULL"
 )
 
 

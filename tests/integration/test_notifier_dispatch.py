@@ -21,7 +21,7 @@ from services.notifier import dispatcher as dispatch_module
 from services.notifier.channels import build_channels
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.domain import NoisePolicy, RetryPolicy
-from services.notifier.handlers import Incoming, store_jobs
+from services.notifier.handlers import Incoming, Lease, Stored, store_jobs
 from services.shared.db import transaction
 from services.shared.embedded import start_postgres
 from services.shared.migrate import upgrade_async
@@ -135,6 +135,18 @@ async def store(
     *events: CaseEvent,
     noise: NoisePolicy | None = None,
 ) -> int:
+    """Store the events' jobs for a claim; how many are new."""
+    return (await store_leased(sessions, db, clock, *events, noise=noise)).new
+
+
+async def store_leased(
+    sessions: async_sessionmaker[AsyncSession],
+    db: asyncpg.Connection,
+    clock: Clock,
+    *events: CaseEvent,
+    noise: NoisePolicy | None = None,
+    lease: Lease | None = None,
+) -> Stored:
     for event in events:
         await db.execute(
             "INSERT INTO shared.case_heads (case_id, last_sequence, status, tier, station_id) "
@@ -143,7 +155,7 @@ async def store(
         )
     batch = [Incoming(event, f"caselink.case.events/0/{n}") for n, event in enumerate(events)]
     async with transaction(sessions) as session:
-        return await store_jobs(session, batch, now=clock(), noise=noise or NoisePolicy(digest_minutes=0))
+        return await store_jobs(session, batch, now=clock(), noise=noise or NoisePolicy(digest_minutes=0), lease=lease)
 
 
 def dispatcher(
@@ -424,3 +436,139 @@ async def test_no_more_jobs_are_claimed_while_the_recorder_is_behind(
         await sender.stop()
     assert len(receivers["fast"].requests) == 12
     assert {r["status"] for r in await db.fetch("SELECT status FROM notifier.jobs")} == {"delivered"}
+
+
+def counting_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many jobs each of the dispatchers' claims took, from now on."""
+    taken: list[int] = []
+    claim_due = dispatch_module.claim_due
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Any]:
+        jobs = await claim_due(*args, **kwargs)
+        taken.append(len(jobs))
+        return jobs
+
+    monkeypatch.setattr(dispatch_module, "claim_due", counted)
+    return taken
+
+
+async def test_jobs_due_now_are_stored_leased_to_the_dispatcher_and_sent_without_a_claim(
+    sessions: async_sessionmaker[AsyncSession],
+    db: asyncpg.Connection,
+    receivers: Any,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await add_user(db, "w-fast", "worker", receivers["fast"].url)
+    claims = counting_claims(monkeypatch)
+    sender = dispatcher(sessions, http, lambda: datetime.now(UTC), poll_interval=0.05)
+    assert sender.reserve() is None  # not running: nothing to hand jobs to
+    await sender.start()
+    try:
+        lease = sender.reserve()
+        assert lease is not None and lease.room == 200  # max_in_flight
+        stored = await store_leased(
+            sessions, db, Clock(datetime.now(UTC)), *(assigned(f"c-{n}", "w-fast") for n in range(3)), lease=lease
+        )
+        assert (stored.new, len(stored.leased), stored.to_claim) == (3, 3, False)
+        # Another replica's dispatcher does not take them: they are leased.
+        assert await dispatcher(sessions, http, lambda: datetime.now(UTC)).run_once() == 0
+        sender.take(lease, stored.leased)
+        await receivers["fast"].wait_for_requests(3)
+        for _ in range(100):
+            if len(await outbox(db, "notified")) == 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sender.stop()
+    assert sender.reserve() is None  # stopped
+    assert len(receivers["fast"].requests) == 3 and len(await outbox(db, "notified")) == 3
+    jobs = await db.fetch("SELECT status, lease_until FROM notifier.jobs")
+    assert {(j["status"], j["lease_until"]) for j in jobs} == {("delivered", None)}
+    assert sum(claims) == 0  # the claims that ran (polls) found nothing to take
+
+
+async def test_jobs_beyond_the_dispatchers_room_are_left_for_its_claim(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    await add_user(db, "w-fast", "worker", receivers["fast"].url)
+    sender = dispatcher(sessions, http, lambda: datetime.now(UTC), poll_interval=0.05, max_in_flight=2)
+    await sender.start()
+    try:
+        lease = sender.reserve()
+        assert lease is not None and lease.room == 2
+        assert sender.reserve() is None  # the room is reserved until taken
+        stored = await store_leased(
+            sessions, db, Clock(datetime.now(UTC)), *(assigned(f"c-{n}", "w-fast") for n in range(5)), lease=lease
+        )
+        assert (stored.new, len(stored.leased), stored.to_claim) == (5, 2, True)
+        sender.take(lease, stored.leased)
+        sender.wake()
+        await receivers["fast"].wait_for_requests(5)
+        for _ in range(100):
+            if len(await outbox(db, "notified")) == 5:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sender.stop()
+    assert sorted(r["case_id"] for r in (receivers["fast"].json(n) for n in range(5))) == [f"c-{n}" for n in range(5)]
+    assert len(await outbox(db, "notified")) == 5
+
+
+async def test_a_lease_never_taken_runs_out_and_its_jobs_are_claimed(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    """The notifier died after storing leased jobs and before sending them."""
+    clock = Clock(START)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    stored = await store_leased(
+        sessions, db, clock, assigned("c-1", "w-1"), lease=Lease(until=START + timedelta(seconds=60), room=10)
+    )
+    assert len(stored.leased) == 1
+    sender = dispatcher(sessions, http, clock)
+    assert await sender.run_once() == 0
+    clock.advance(seconds=60)
+    assert await sender.run_once() == 1
+    assert len(receivers["fast"].requests) == 1 and len(await outbox(db, "notified")) == 1
+
+
+async def test_only_new_jobs_due_now_are_leased(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    """A digest's or a quiet night's job waits for its time, and a job revived from a dead letter
+    keeps its stored state: both are claimed, never leased at store time."""
+    clock = Clock(START)
+    lease = Lease(until=START + timedelta(seconds=60), room=10)
+    await add_user(db, "s-1", "supervisor", receivers["sup"].url)
+    digest = await store_leased(sessions, db, clock, escalated("c-1", "low"), noise=NoisePolicy(10), lease=lease)
+    assert (digest.new, digest.leased, digest.to_claim) == (1, [], True)
+
+    await add_user(db, "w-1", "worker", "http://127.0.0.1:9/nobody-listens")
+    event = assigned("c-2", "w-1")
+    await store(sessions, db, clock, event)
+    assert await dispatcher(sessions, http, clock, retry=RetryPolicy(attempts=1)).run_once() == 1  # given up
+    revived = await store_leased(sessions, db, clock, event, lease=lease)
+    assert (revived.new, revived.leased, revived.to_claim) == (1, [], True)
+    [job] = await db.fetch("SELECT status, lease_until FROM notifier.jobs WHERE case_id = 'c-2'")
+    assert (job["status"], job["lease_until"]) == ("pending", None)
+
+
+async def test_stopping_waits_for_a_lease_being_stored_and_sends_its_jobs(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    """The service stops its dispatcher before its consumer: a batch storing under a lease meanwhile
+    still has its pushes sent and recorded, not left leased for a minute."""
+    await add_user(db, "w-fast", "worker", receivers["fast"].url)
+    sender = dispatcher(sessions, http, lambda: datetime.now(UTC), poll_interval=0.05)
+    await sender.start()
+    lease = sender.reserve()
+    assert lease is not None
+    stopping = asyncio.create_task(sender.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()
+    stored = await store_leased(sessions, db, Clock(datetime.now(UTC)), assigned("c-1", "w-fast"), lease=lease)
+    sender.take(lease, stored.leased)
+    await asyncio.wait_for(stopping, 10)
+    [job] = await db.fetch("SELECT status, lease_until FROM notifier.jobs")
+    assert (job["status"], job["lease_until"]) == ("delivered", None)
+    assert len(receivers["fast"].requests) == 1 and len(await outbox(db, "notified")) == 1
