@@ -438,6 +438,14 @@ async def test_no_more_jobs_are_claimed_while_the_recorder_is_behind(
     assert {r["status"] for r in await db.fetch("SELECT status FROM notifier.jobs")} == {"delivered"}
 
 
+async def wait_for_notified(db: asyncpg.Connection, count: int) -> None:
+    """Until `count` sends were recorded (a `notified` event each), for up to 5 s."""
+    for _ in range(100):
+        if len(await outbox(db, "notified")) >= count:
+            return
+        await asyncio.sleep(0.05)
+
+
 def counting_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many jobs each of the dispatchers' claims took, from now on."""
     taken: list[int] = []
@@ -475,10 +483,7 @@ async def test_jobs_due_now_are_stored_leased_to_the_dispatcher_and_sent_without
         assert await dispatcher(sessions, http, lambda: datetime.now(UTC)).run_once() == 0
         sender.take(lease, stored.leased)
         await receivers["fast"].wait_for_requests(3)
-        for _ in range(100):
-            if len(await outbox(db, "notified")) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for_notified(db, 3)
     finally:
         await sender.stop()
     assert sender.reserve() is None  # stopped
@@ -505,10 +510,7 @@ async def test_jobs_beyond_the_dispatchers_room_are_left_for_its_claim(
         sender.take(lease, stored.leased)
         sender.wake()
         await receivers["fast"].wait_for_requests(5)
-        for _ in range(100):
-            if len(await outbox(db, "notified")) == 5:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for_notified(db, 5)
     finally:
         await sender.stop()
     assert sorted(r["case_id"] for r in (receivers["fast"].json(n) for n in range(5))) == [f"c-{n}" for n in range(5)]
