@@ -100,24 +100,26 @@ async def _store_batch(
         async with transaction(runtime.sessions) as session:
             return await store_jobs(session, items, now=utc_now(), noise=noise, lease=lease)
 
+    async def store_leased() -> Stored:
+        lease = dispatcher.reserve()
+        leased: list[Job] = []
+        try:
+            stored = await store(batch, lease)
+            leased = stored.leased
+            return stored
+        finally:
+            if lease is not None:
+                dispatcher.take(lease, leased)  # also when storing failed: its room is free again
+
     async def store_one(item: Incoming) -> bool:
         return (await store([item])).to_claim
 
-    lease = dispatcher.reserve()
-    leased: list[Job] = []
     try:
-        stored = await store(batch, lease)
-        leased = stored.leased
+        return (await store_leased()).to_claim
     except Exception as exc:
-        failure = exc
-    else:
-        return stored.to_claim
-    finally:
-        if lease is not None:
-            dispatcher.take(lease, leased)  # also when storing failed: its room is free again
-    if is_transient_db_error(failure):
-        await asyncio.sleep(1.0)
-        raise failure  # NACK: the batch is read again once the database is back
+        if is_transient_db_error(exc):
+            await asyncio.sleep(1.0)
+            raise  # NACK: the batch is read again once the database is back
     by_origin = {origin(record): record for record in records}
     waiting = False
     for item in batch:

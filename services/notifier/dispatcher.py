@@ -2,8 +2,8 @@
 
 Every notifier replica runs one. It claims due jobs under a lease (handlers.claim_due), or is
 handed the jobs its own consumer just stored leased to it (`reserve`, then `take`: no claim for
-a push due at once), sends each group as its own task, so a receiver that answers slowly or not at all holds up only its
-own pushes, and a recorder writes finished sends in batches. Retries and fallbacks are not
+a push due at once). It sends each group as its own task, so a receiver that answers slowly or
+not at all holds up only its own pushes, and a recorder writes finished sends in batches. Retries and fallbacks are not
 awaited: they go back into the table with a later `due_at`, which survives a restart.
 
 A send and its record are not one transaction (a receiver is not a database). If the process
