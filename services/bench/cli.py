@@ -29,7 +29,7 @@ import uvloop
 from services.shared.settings import Settings
 
 SCALES = ("full", "small")
-BASELINE_MINIMUM = 20_000
+BASELINE_MINIMUM = 60_000
 
 
 def _replicas(text: str) -> list[int]:
@@ -46,7 +46,7 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     """The flags of `caselink bench` (documented in BENCHMARKS.md)."""
     bench.add_argument("--cases", type=int, default=10_000, help="cases per saturation phase (default 10000)")
     bench.add_argument(
-        "--baseline-messages", type=int, help="messages through the baseline (default: --cases, at least 20000)"
+        "--baseline-messages", type=int, help="messages through the baseline (default: --cases, at least 60000)"
     )
     bench.add_argument(
         "--rate", type=float, default=500.0, help="offered cases/s of the fixed-rate phase (default 500)"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.bench.stats import check_targets, ratio
+from services.bench.stats import MIN_STEADY_SECONDS, check_targets, ratio
 
 Row = tuple[str, str, str]
 
@@ -79,7 +79,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
             (
                 f"caselink saturation, ×{phase['replicas']} router+notifier",
                 f"{_num(sustained(phase, 'cases_per_s'))} cases/s",
-                f"overall {_num(phase.get('cases_per_s'))} cases/s over {phase['cases']:,} cases; {_latency(phase)}",
+                f"overall {_num(phase.get('cases_per_s'))} cases/s over {phase['cases']:,} cases"
+                f"{_no_steady(phase, 'cases_per_s')}; {_latency(phase)}",
             )
         )
         if cpu := phase.get("cpu"):
@@ -129,7 +130,8 @@ def _chain_rows(name: str, what: str, chain: dict[str, Any]) -> list[Row]:
         (
             f"{name}: {what}",
             f"{_num(sustained(chain))} msg/s",
-            f"overall {_num(chain.get('per_s'))} msg/s over {chain['messages']:,} msgs; {_latency(chain)}",
+            f"overall {_num(chain.get('per_s'))} msg/s over {chain['messages']:,} msgs{_no_steady(chain)}; "
+            f"{_latency(chain)}",
         )
     ]
     if cpu := chain.get("cpu"):
@@ -155,6 +157,13 @@ def write_json(results: dict[str, Any], path: Path) -> None:
     """The results as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _no_steady(section: dict[str, Any], key: str = "per_s") -> str:
+    """Why the headline is the overall rate: the phase had no steady middle to measure."""
+    if section.get("steady_" + key) is not None or section.get(key) is None:
+        return ""
+    return f" (too short for a steady rate, which needs {MIN_STEADY_SECONDS:g} s between its 10th and 90th percentile)"
 
 
 def _drained(http: dict[str, Any]) -> str:

@@ -81,6 +81,17 @@ def test_the_http_row_says_whether_the_backlog_drained_before_it() -> None:
     assert "backlog" not in http_detail()
 
 
+def test_a_phase_too_short_for_a_steady_rate_is_judged_and_shown_by_its_overall_rate() -> None:
+    short = {"replicas": 1, "cases": 100, "cases_per_s": 160.8, "steady_cases_per_s": None, "latency_ms": {}}
+    run = summarise(results(caselink={"fixed_rate": None, "saturation": [short]}))
+    target = next(t for t in run["targets"] if t["unit"] == "cases/s")
+    assert (target["measured"], target["met"]) == (160.8, False)
+    row = next(row for row in table_rows(run) if row[0].startswith("caselink saturation"))
+    assert row[1] == "161 cases/s" and "too short for a steady rate" in row[2]
+    full = next(row for row in table_rows(summarise(results())) if row[0].startswith("caselink saturation"))
+    assert "too short" not in full[2]
+
+
 def test_a_phase_with_cpu_readings_gets_a_row_with_the_cost_per_case_and_its_ceiling() -> None:
     run = results()
     cpu = {"ms_per_case": {"intake": 1.0, "router": 1.5, "postgres": 0.5}, "total_ms_per_case": 3.0,

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench.stats import LatencySummary, check_targets, percentile, ratio, throughput, top_frames
+from services.bench.stats import (
+    MIN_STEADY_SECONDS,
+    LatencySummary,
+    check_targets,
+    percentile,
+    ratio,
+    throughput,
+    top_frames,
+)
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -48,13 +56,24 @@ def test_throughput_counts_from_the_first_start_to_the_last_finish() -> None:
 
 
 def test_steady_throughput_ignores_the_ramp_up_and_the_tail() -> None:
-    # 100 items: a slow first 10 (1 s each), then 1 per 0.01 s, then a slow tail.
+    # 100 items: a slow first 10 (1 s each), then 1 per 0.02 s, then a slow tail.
     finishes = [float(i) for i in range(1, 11)]
-    finishes += [10 + 0.01 * i for i in range(1, 81)]
-    finishes += [11 + float(i) for i in range(1, 11)]
+    finishes += [10 + 0.02 * i for i in range(1, 81)]
+    finishes += [12 + float(i) for i in range(1, 11)]
     result = throughput(0.0, finishes)
-    assert result.per_s == pytest.approx(100 / 21, rel=0.01)
-    assert result.steady_per_s is not None and result.steady_per_s > 50
+    assert result.per_s == pytest.approx(100 / 22, abs=0.05)
+    assert result.steady_per_s == pytest.approx(50, rel=0.05)
+
+
+def test_a_middle_shorter_than_a_second_is_not_read_as_a_steady_rate() -> None:
+    # 100 cases that settled in one batch within 7 ms, 0.6 s after they were published.
+    finishes = [0.615 + 0.00007 * i for i in range(100)]
+    result = throughput(0.0, finishes)
+    assert result.steady_per_s is None
+    assert result.per_s == pytest.approx(100 / 0.622, rel=0.01)
+    # The same batch over a little more than the minimum is a rate again.
+    spread = [0.615 + (MIN_STEADY_SECONDS * 1.3 / 99) * i for i in range(100)]
+    assert throughput(0.0, spread).steady_per_s is not None
 
 
 def test_throughput_of_nothing_finished_is_empty() -> None:
