@@ -72,16 +72,17 @@ class Throughput:
     items: int
     seconds: float | None  # first start to last finish
     per_s: float | None
-    steady_per_s: float | None  # the 10th to the 90th percentile of finish times: no ramp-up, no tail
+    steady_per_s: float | None  # between the 10th and the 90th percentile of finish times: the middle
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return asdict(self)
 
 
-# The shortest steady window a rate is read from. Items finish in batches (a poll, a flush), so a
-# shorter one measures how close together one or two batches landed, not a rate: 100 cases that
-# settled in one batch within 7 ms once read as 14,538 cases/s.
+# The shortest middle a rate is read from. Items finish in batches (a poll, a flush), so a shorter
+# one measures how close together one or two batches landed, not a rate: 100 cases that settled in
+# one batch within 7 ms once read as 14,538 cases/s. (The headline rate is the overall one, see
+# `services.bench.report.sustained`; the middle's is a detail.)
 MIN_STEADY_SECONDS = 1.0
 
 
