@@ -166,7 +166,7 @@ def _middle(section: dict[str, Any], key: str, unit: str) -> str:
     """The rate of the phase's middle, which overstates a steady stream (see `sustained`)."""
     middle = section.get("steady_" + key)
     if middle is None:
-        return f"no middle rate (under {MIN_STEADY_SECONDS:g} s between the 10th and 90th percentile)"
+        return f"no middle rate (it needs 10 items and {MIN_STEADY_SECONDS:g} s between the 10th and 90th percentile)"
     return f"middle (10th–90th percentile) {_num(middle)} {unit}/s"
 
 
