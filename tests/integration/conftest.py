@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ class Stack:
 
     def cli(self, *args: str) -> str:
         """Run a `caselink` command against this stack's infrastructure; return its stdout."""
+        return self._python("services.cli", *args)
+
+    def tokens(self, users: Iterable[str]) -> dict[str, str]:
+        """A new bearer token for each of these users, made by one process (`tests.support.make_tokens`)."""
+        return dict(json.loads(self._python("tests.support.make_tokens", *users)))
+
+    def _python(self, module: str, *args: str) -> str:
         env = {
             **os.environ,
             "CASELINK_DATABASE_URL": self.database_url,
@@ -48,7 +55,7 @@ class Stack:
             **TANSU_ENV,
         }
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()

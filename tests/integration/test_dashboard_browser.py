@@ -57,6 +57,12 @@ class Tokens:
             self._tokens[user_id] = await asyncio.to_thread(self._stack.cli, "token", "create", "--user", user_id)
         return self._tokens[user_id]
 
+    async def prefetch(self, users: list[str]) -> None:
+        """Create the tokens of these users in one process (`Stack.tokens`)."""
+        missing = sorted(set(users) - set(self._tokens))
+        if missing:
+            self._tokens.update(await asyncio.to_thread(self._stack.tokens, missing))
+
 
 def referral() -> dict[str, Any]:
     return {
@@ -95,18 +101,18 @@ async def decline_until_queued(
 
 
 async def make_tokens_of_workers(client: httpx.AsyncClient, tokens: Tokens, station_ids: list[str]) -> None:
-    """The tokens of every worker of these stations (whoever may be offered the case), made side by
-    side before `decline_until_queued` starts its clock. Each is a `caselink token create` process:
-    in a fresh-clone CI run on a loaded machine, offer to decline took 16-24 s each time (2-5 s in
-    the run before), while the router applied each decline within 0.2 s of the relay publishing it,
-    so three declines outlasted the 60 s."""
+    """The tokens of every worker of these stations (whoever may be offered the case), made in one
+    process before `decline_until_queued` starts its clock. Made there one `caselink token create`
+    process each, offer to decline took 16-24 s each time in a fresh-clone CI run on a loaded machine
+    (2-5 s in the run before), so three declines outlasted the 60 s; made side by side, a dozen
+    processes on two loaded cores ran one of them past its own 60 s."""
     headers = {"Authorization": f"Bearer {await tokens.of(SUPERVISOR)}"}
     workers: list[str] = []
     for station_id in station_ids:
         answer = await client.get(f"/v1/stations/{station_id}/workload", headers=headers)
         assert answer.status_code == 200, answer.text
         workers += [str(w["id"]) for w in answer.json()["workers"]]
-    await asyncio.gather(*(tokens.of(worker) for worker in workers))
+    await tokens.prefetch(workers)
 
 
 async def eligible_worker(
