@@ -39,6 +39,9 @@ def _replicas(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected counts like 1,2; got {text!r}") from None
     if not counts or any(n < 1 for n in counts):
         raise argparse.ArgumentTypeError(f"replica counts must be at least 1; got {text!r}")
+    if len(set(counts)) < len(counts):
+        # Phases, progress and ratios are named by their replica count.
+        raise argparse.ArgumentTypeError(f"each replica count once; got {text!r}")
     return counts
 
 
