@@ -21,6 +21,7 @@ import pytest
 
 from schemas.vocabulary import CERTIFICATIONS
 from tests.integration.conftest import Stack
+from tests.support import api_client
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -46,22 +47,18 @@ UI_TIMEOUT_MS = 20_000
 
 
 class Tokens:
-    """Bearer tokens of demo users, created on first use (each `caselink token create` is a process)."""
+    """Bearer tokens of demo users (`tests.support.api_client.Tokens`, which makes and keeps them),
+    awaited off the event loop: making one is a process run."""
 
     def __init__(self, stack: Stack) -> None:
-        self._stack = stack
-        self._tokens: dict[str, str] = {}
+        self._tokens = api_client.Tokens(stack)
 
     async def of(self, user_id: str) -> str:
-        if user_id not in self._tokens:
-            self._tokens[user_id] = await asyncio.to_thread(self._stack.cli, "token", "create", "--user", user_id)
-        return self._tokens[user_id]
+        return await asyncio.to_thread(self._tokens.__getitem__, user_id)
 
     async def prefetch(self, users: list[str]) -> None:
         """Create the tokens of these users in one process (`Stack.tokens`)."""
-        missing = sorted(set(users) - set(self._tokens))
-        if missing:
-            self._tokens.update(await asyncio.to_thread(self._stack.tokens, missing))
+        await asyncio.to_thread(self._tokens.prefetch, users)
 
 
 def referral() -> dict[str, Any]:
