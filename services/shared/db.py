@@ -46,11 +46,17 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
-        connect_args={
-            "server_settings": {"application_name": settings.kafka_client_id, **PLANNING},
-            **asyncpg_connect_kwargs(settings),
-        },
+        connect_args=service_connect_kwargs(settings),
     )
+
+
+def service_connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """The asyncpg arguments of every connection a service opens, pooled or raw (the outbox
+    relay's): its application name, PLANNING and the TLS arguments."""
+    return {
+        "server_settings": {"application_name": settings.kafka_client_id, **PLANNING},
+        **asyncpg_connect_kwargs(settings),
+    }
 
 
 # Modes that require TLS, built as an SSLContext of ours (asyncpg then never falls back to plain).

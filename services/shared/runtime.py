@@ -17,7 +17,7 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.shared.db import asyncpg_connect_kwargs, create_engine, session_factory
+from services.shared.db import create_engine, service_connect_kwargs, session_factory
 from services.shared.kafka import make_broker, make_producer
 from services.shared.logging import get_logger
 from services.shared.outbox import OutboxRelay
@@ -102,7 +102,7 @@ def build_runtime(service: str, settings: Settings) -> Runtime:
         lambda: make_producer(settings, bootstrap, client_id=f"{client_id}-relay"),
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval,
-        connect_kwargs=asyncpg_connect_kwargs(settings),
+        connect_kwargs=service_connect_kwargs(settings),
     )
     return Runtime(
         service=service,
