@@ -24,12 +24,13 @@ from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
 from services.intake.errors import install_error_handlers
 from services.shared.consuming import (
-    BATCH_SUBSCRIBER,
     Delivery,
     MessageConsumer,
     Work,
+    batch_subscriber,
     decode_message,
     enqueue_dead_letter,
+    merged_polls,
     origin,
     record_id,
 )
@@ -41,6 +42,8 @@ from services.shared.settings import Settings
 STATIC = Path(__file__).parent / "static"
 # A message of caselink.referrals.submitted, decoded, or why it could not be.
 Submission = KafkaReferralSubmission | SubmissionInvalid
+
+SUBMISSIONS_PER_BATCH = 1000
 
 
 def register_consumers(runtime: Runtime) -> None:
@@ -92,11 +95,17 @@ def register_consumers(runtime: Runtime) -> None:
         for position, refusal in refused:
             await reject(session, valid[position].record, refusal.invalid, key=refusal.key)
 
-    @runtime.broker.subscriber(REFERRALS_SUBMITTED, **BATCH_SUBSCRIBER, **runtime.subscriber_options("caselink-intake"))
+    @runtime.broker.subscriber(
+        REFERRALS_SUBMITTED, **batch_subscriber(SUBMISSIONS_PER_BATCH), **runtime.subscriber_options("caselink-intake")
+    )
     async def on_submissions(msg: KafkaMessage) -> None:
         clear_message_context()
+        async with merged_polls(msg, linger_ms=settings.consumer_linger_ms, max_records=SUBMISSIONS_PER_BATCH) as batch:
+            await accept_records(cast(tuple[ConsumerRecord, ...], batch))
+
+    async def accept_records(records: tuple[ConsumerRecord, ...]) -> None:
         deliveries: list[Delivery[Submission]] = []
-        for record in cast(tuple[ConsumerRecord, ...], msg.raw_message):
+        for record in records:
             submission: Submission
             try:
                 submission = parse_kafka_submission(record.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from faststream.kafka.annotations import KafkaMessage
 
@@ -18,6 +18,7 @@ from services.shared.consuming import (
     MessageConsumer,
     batch_subscriber,
     event_type_header,
+    merged_polls,
     origin,
     read_case_event,
 )
@@ -25,6 +26,8 @@ from services.shared.db import is_transient_db_error, transaction
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings, quiet_hours_window
 from services.shared.time import utc_now
+
+EVENTS_PER_BATCH = 500
 
 
 def noise_policy(settings: Settings) -> NoisePolicy:
@@ -54,10 +57,16 @@ def create_service(settings: Settings) -> Runtime:
         max_in_flight=settings.notify_max_in_flight,
     )
 
-    # Raw records (no JSON decoding of every body by FastStream), a 20 ms wait after an empty poll.
-    @runtime.broker.subscriber(CASE_EVENTS, **batch_subscriber(500), **runtime.subscriber_options("caselink-notifier"))
+    # Raw records (no JSON decoding of every body by FastStream), a 20 ms wait after an empty poll;
+    # under load a batch merges the polls of CASELINK_CONSUMER_LINGER_MS.
+    @runtime.broker.subscriber(
+        CASE_EVENTS, **batch_subscriber(EVENTS_PER_BATCH), **runtime.subscriber_options("caselink-notifier")
+    )
     async def on_case_events(msg: KafkaMessage) -> None:
-        records = cast(tuple[Any, ...], msg.raw_message)
+        async with merged_polls(msg, linger_ms=settings.consumer_linger_ms, max_records=EVENTS_PER_BATCH) as records:
+            await store_pushes(records)
+
+    async def store_pushes(records: tuple[Any, ...]) -> None:
         batch: list[Incoming] = []
         for record in records:
             # Skipped unread when its header names a type that never pushes (most of the topic:

@@ -22,10 +22,16 @@ from services.shared.consuming import (
     decode_case_event,
     decode_message,
     event_type_header,
+    merged_polls,
 )
 from services.shared.logging import clear_message_context
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
+
+# About one event in four is a `received`, and the others are skipped by their header: a batch
+# of 1,500 records holds up to ~350 cases. Bigger batches held their transaction (and a second
+# replica waiting on it) for seconds, and cost more CPU per case in the bench.
+EVENTS_PER_BATCH = 1500
 
 
 def active_policy(settings: Settings) -> Policy:
@@ -44,16 +50,17 @@ def create_service(settings: Settings) -> Runtime:
     command_network = LiveNetwork()  # its own: the two consumers interleave at every await
     received_type = event_type("received")
 
-    # About one event in four is a `received`, and the others are skipped by their header: a poll
-    # of 1,500 records is a batch of up to ~350 cases. Bigger batches held their transaction (and
-    # a second replica waiting on it) for seconds, and cost more CPU per case in the bench.
     @runtime.broker.subscriber(
-        CASE_EVENTS, **batch_subscriber(max_records=1500), **runtime.subscriber_options("caselink-router")
+        CASE_EVENTS, **batch_subscriber(max_records=EVENTS_PER_BATCH), **runtime.subscriber_options("caselink-router")
     )
     async def on_case_events(msg: KafkaMessage) -> None:
         clear_message_context()
+        async with merged_polls(msg, linger_ms=settings.consumer_linger_ms, max_records=EVENTS_PER_BATCH) as records:
+            await route_records(cast(tuple[ConsumerRecord, ...], records))
+
+    async def route_records(records: tuple[ConsumerRecord, ...]) -> None:
         deliveries: list[Delivery[CaseReceived]] = []
-        for record in cast(tuple[ConsumerRecord, ...], msg.raw_message):
+        for record in records:
             # Most events are not for the router: the outbox's header says so without parsing them.
             if event_type_header(record) not in (None, received_type):
                 continue

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     outbox_batch_size: int = 500
     outbox_poll_interval: float = 1.0
     consumer_max_attempts: int = 5
+    consumer_linger_ms: int = Field(
+        default=50, ge=0, le=1000, description="how long a busy consumer waits to merge more polls into its batch"
+    )
     db_pool_size: int = 10
     # TLS to PostgreSQL. Unset mode = as before: asyncpg's own default (PGSSLMODE, else `prefer`).
     database_ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None

@@ -1,0 +1,79 @@
+"""Merged polls on the real broker and FastStream's own acknowledgement: a batch that merged records
+from partitions its first poll did not touch, and then failed, loses none of them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from services.shared.consuming import LINGER_FROM_RECORDS, batch_subscriber, merged_polls
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+async def test_records_merged_from_other_partitions_are_read_again_after_the_batch_fails(stack: Stack) -> None:
+    topic = f"caselink-test.merged-{uuid.uuid4().hex[:8]}"
+    group = f"{topic}-group"
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    first_poll = LINGER_FROM_RECORDS + 2
+    late = [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    everything = {(0, offset) for offset in range(first_poll)} | set(late)
+
+    handled: set[tuple[int, int]] = set()
+    attempts = 0
+    done = asyncio.Event()
+    broker = KafkaBroker(stack.kafka_bootstrap, logger=None)
+
+    @broker.subscriber(
+        topic, **batch_subscriber(100), group_id=group, auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR
+    )
+    async def handle(msg: KafkaMessage) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            # Only partition 0 had records at the first poll; these arrive while it lingers.
+            for partition, _ in late:
+                await producer.send_and_wait(topic, b"late", partition=partition)
+        async with merged_polls(msg, linger_ms=5000, max_records=len(everything)) as records:
+            batch = {(record.partition, record.offset) for record in records}
+            if attempts == 1:
+                assert batch == everything, "the late records were merged into the first batch"
+                raise RuntimeError("the database said no")
+            handled.update(batch)
+            if handled >= everything:
+                done.set()
+
+    try:
+        for _ in range(first_poll):
+            await producer.send_and_wait(topic, b"early", partition=0)
+        await broker.start()
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await broker.stop()
+        await producer.stop()
+
+    assert handled == everything
+    # And the group's committed offsets are the ends of the partitions: nothing to read again, nothing skipped.
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(3)]
+        committed = {tp.partition: await consumer.committed(tp) for tp in partitions}
+    finally:
+        await consumer.stop()
+    assert committed == {0: first_poll, 1: 2, 2: 3}
