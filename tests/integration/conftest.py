@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.topics import CASE_EVENTS, REFERRALS_REJECTED
 from services.shared.demo import demo_network
@@ -59,6 +61,17 @@ class Stack:
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
+
+    async def new_topic(self, purpose: str, *, partitions: int) -> str:
+        """Create a topic of its own for one test (`caselink-test.<purpose>-<random>`); return its name."""
+        name = f"caselink-test.{purpose}-{uuid.uuid4().hex[:8]}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        finally:
+            await admin.close()
+        return name
 
     async def sql(self, query: str, *params: Any) -> list[asyncpg.Record]:
         """Run one query on the stack's database."""

@@ -4,11 +4,9 @@ whose last write was a batch of several records as that batch's base offset plus
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.shared.kafka import log_ends
 from tests.integration.conftest import Stack
@@ -17,13 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_the_end_of_a_partition_whose_last_write_was_a_batch_is_after_its_last_record(stack: Stack) -> None:
-    topic = f"caselink-test.log-ends-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await stack.new_topic("log-ends", partitions=2)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=False, linger_ms=50)
     await producer.start()
     try:

@@ -4,11 +4,9 @@ from partitions its first poll did not touch, and then failed, loses none of the
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -20,14 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 async def test_records_merged_from_other_partitions_are_read_again_after_the_batch_fails(stack: Stack) -> None:
-    topic = f"caselink-test.merged-{uuid.uuid4().hex[:8]}"
+    topic = await stack.new_topic("merged-polls", partitions=3)
     group = f"{topic}-group"
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-    finally:
-        await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=False)
     await producer.start()
     first_poll = LINGER_FROM_RECORDS + 2
