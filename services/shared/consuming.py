@@ -103,8 +103,8 @@ async def merged_polls(msg: Any, *, linger_ms: int, max_records: int) -> AsyncIt
     deadline = time.monotonic() + linger_ms / 1000
     try:
         while len(merged) < max_records and (left := deadline - time.monotonic()) > 0.001:
+            wait = max(1, int(left * 1000))
             try:
-                wait = max(1, int(left * 1000))
                 polled = await consumer.getmany(timeout_ms=wait, max_records=max_records - len(merged))
             except ConsumerStoppedError:
                 break  # shutting down: handle what was taken; nothing is committed past it
