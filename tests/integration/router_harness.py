@@ -398,12 +398,14 @@ class RouterHarness:
         return int((await self.sql("SELECT count(*) AS n FROM shared.outbox"))[0]["n"])
 
     async def settle(self, *, quiet: float = 0.5, within: float = 30.0) -> None:
-        """Wait until the outbox is empty and no case event has arrived for `quiet` seconds."""
+        """Wait until the outbox is empty, no case event has arrived for `quiet` seconds, and the
+        event log has read everything published."""
         deadline = time.monotonic() + within
         while await self.outbox_size() or time.monotonic() - self.events.last_arrival < quiet:
             if time.monotonic() > deadline:
                 raise AssertionError(f"events did not settle within {within:.0f}s\n{self.diagnostics()}")
             await asyncio.sleep(0.1)
+        await self.events.read_to_end(within=max(1.0, deadline - time.monotonic()))
 
     async def last_sequence(self, case_id: str) -> int:
         rows = await self.sql("SELECT last_sequence FROM shared.case_heads WHERE case_id = $1", case_id)

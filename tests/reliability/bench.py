@@ -226,6 +226,7 @@ class ReliabilityBench(RouterHarness):
                 "SELECT case_id, last_sequence FROM shared.case_heads WHERE case_id = ANY($1::text[])", cases
             )
         }
+        await self.settle(quiet=0.0, within=60)  # every event behind those heads is in the log
         found: dict[str, list[str]] = {}
         for case in cases:
             events = self.events.of(case)

@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import CASE_COMMAND_RESULTS, CASE_EVENTS
+from tests.support.faults import end_offsets
 
 Diagnostics = Callable[[], str]
 
@@ -30,6 +31,7 @@ class TopicLog:
         self.topic = topic
         self.values: list[dict[str, Any]] = []
         self.last_arrival = time.monotonic()
+        self.next_offsets: dict[int, int] = {}  # per partition, the offset after the last record read
         self._bootstrap = bootstrap
         self._diagnostics = diagnostics
         self._consumer: AIOKafkaConsumer | None = None
@@ -71,7 +73,9 @@ class TopicLog:
         assert self._consumer is not None
         while True:
             batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
+            for tp, records in batches.items():
+                if records:
+                    self.next_offsets[tp.partition] = records[-1].offset + 1
                 for record in records:
                     value = json.loads(record.value)
                     self.values.append(value)
@@ -81,6 +85,19 @@ class TopicLog:
             if batches:
                 self.last_arrival = time.monotonic()
                 self._arrived.set()
+
+    async def read_to_end(self, within: float = 30.0) -> None:
+        """Wait until this log has read every record the topic holds now.
+
+        What "no record for a while" cannot promise: a record acknowledged by the broker can reach
+        this reader a fetch-wait later (Tansu answers an empty fetch only when the wait is over)."""
+        ends = await end_offsets(self._bootstrap, self.topic)
+        await self.wait_for(
+            lambda: all(self.next_offsets.get(p, 0) >= end for p, end in ends.items()),
+            within,
+            what=f"the topic's ends {ends}",
+            detail=lambda: f"read up to {self.next_offsets}",
+        )
 
     async def wait_for(
         self,
