@@ -162,9 +162,9 @@ async def visible_case(session: AsyncSession, user: User, case_id: str) -> Any:
     case = (await session.execute(select(tables.cases).where(tables.cases.c.case_id == case_id))).first()
     if case is not None:
         path: set[str] = set()
-        if user.role == "supervisor":
+        if user.role in ("worker", "supervisor"):
             path = set(await ancestors(session, case.room_id)) | set(await ancestors(session, case.station_id))
-        if may_see_case(user, assignee_id=case.assignee_id, room_id=case.room_id, stations_on_path=path):
+        if may_see_case(user, assignee_id=case.assignee_id, stations_on_path=path):
             return case
     raise ApiError(404, f"no case '{case_id}' visible to this user")
 

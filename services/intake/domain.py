@@ -170,11 +170,11 @@ def next_queue_entry(name: str, data: dict[str, Any], at: datetime, entry: Queue
     return entry
 
 
-def may_see_case(user: User, *, assignee_id: str | None, room_id: str, stations_on_path: set[str]) -> bool:
-    """Whether a user may see a case: system users all; workers the cases they hold and their
-    room submitted; supervisors the cases whose room or current station is theirs or below it."""
+def may_see_case(user: User, *, assignee_id: str | None, stations_on_path: set[str]) -> bool:
+    """Whether a user may see a case (CONTRACT §3): system users all; anyone else whose station is on
+    the case's path (its room, its current station) or above it, and the worker holding it."""
     if user.role == "system":
         return True
-    if user.role == "worker":
-        return user.id == assignee_id or (user.station_id is not None and user.station_id == room_id)
-    return user.role == "supervisor" and user.station_id in stations_on_path
+    if user.role == "worker" and user.id == assignee_id:
+        return True
+    return user.role in ("worker", "supervisor") and user.station_id in stations_on_path

@@ -71,12 +71,13 @@ async def _visibility(session: AsyncSession, user: User) -> ColumnElement[bool]:
     cases = tables.cases.c
     if user.role == "system":
         return literal(True)
-    if user.role == "worker":
-        return or_(cases.assignee_id == user.id, cases.room_id == (user.station_id or ""))
-    if user.role == "supervisor" and user.station_id is not None:
+    on_path: list[ColumnElement[bool]] = []
+    if user.role in ("worker", "supervisor") and user.station_id is not None:
         below = await subtree(session, user.station_id)
-        return or_(cases.room_id.in_(below), cases.station_id.in_(below))
-    return literal(False)
+        on_path = [cases.room_id.in_(below), cases.station_id.in_(below)]
+    if user.role == "worker":
+        return or_(cases.assignee_id == user.id, *on_path)
+    return or_(*on_path) if on_path else literal(False)
 
 
 async def _events(

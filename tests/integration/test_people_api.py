@@ -38,7 +38,7 @@ from tests.support.api_client import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 DEMO = demo_network()
-TOWNSHIP = "T-360402101"  # 十里街道, above ROOM
+TOWNSHIP, COUNTY = "T-360402101", "C-360402"  # 十里街道 above ROOM, 濂溪区 above it
 TOWNSHIPS = [s.id for s in DEMO.stations if s.tier == "township"]
 OTHER_ROOM, OTHER_ROOM_WORKER = "V-360402102001", "w-0032"  # 五里社区, under the sibling township 五里街道
 COUNTY_SUPERVISOR, SYSTEM = "s-0002", "sys-portal"
@@ -75,6 +75,8 @@ def person(who: str, case: dict[str, Any]) -> str:
         "room-worker": ROOM_WORKER,
         "other-room-worker": OTHER_ROOM_WORKER,
         "township-colleague": colleague,
+        "county-worker": next(w for w in staff(COUNTY, "worker") if w != case["assignee_id"]),
+        "sibling-worker": staff(sibling, "worker")[0],
         "township-supervisor": supervisor_of(TOWNSHIP),
         "county-supervisor": COUNTY_SUPERVISOR,
         "city-supervisor": CITY_SUPERVISOR,
@@ -176,12 +178,14 @@ async def test_only_the_rooms_own_worker_or_a_system_user_may_submit_for_it(api:
         ("county-supervisor", 200),
         ("city-supervisor", 200),
         ("system", 200),
+        ("township-colleague", 200),
+        ("county-worker", 200),
         ("other-room-worker", 404),
-        ("township-colleague", 404),
+        ("sibling-worker", 404),
         ("sibling-supervisor", 404),
     ],
 )
-async def test_a_case_is_visible_to_its_worker_its_room_and_the_supervisors_above_it(
+async def test_a_case_is_visible_to_its_worker_and_to_everyone_on_its_path_or_above_it(
     api: Api, offered: dict[str, Any], who: str, status: int
 ) -> None:
     answer = await api.get(f"/v1/cases/{offered['case_id']}", user=person(who, offered))
@@ -207,6 +211,8 @@ async def test_reading_a_case_needs_a_token(api: Api, offered: dict[str, Any]) -
         ("room-worker", "accept"),
         ("room-worker", "decline"),
         ("township-supervisor", "accept"),
+        ("township-colleague", "accept"),
+        ("county-worker", "decline"),
         ("system", "accept"),
         ("assignee", "close"),
         ("room-worker", "close"),
@@ -230,7 +236,7 @@ async def test_people_who_see_a_case_but_may_not_take_an_action_are_forbidden(
     ("who", "action"),
     [
         ("other-room-worker", "accept"),
-        ("township-colleague", "accept"),
+        ("sibling-worker", "accept"),
         ("other-room-worker", "decline"),
         ("sibling-supervisor", "escalate"),
         ("sibling-supervisor", "close"),
@@ -363,8 +369,8 @@ async def test_a_declined_case_falls_through_to_another_candidate(api: Api) -> N
     assert [(d["worker_id"], d["reason"]) for d in declined] == [(worker, "本周外出培训，无法接案")]
     # The worker who declined is never offered the case again.
     assert [a["worker_id"] for a in events_named(seen, "assigned")].count(worker) == 1
-    # Not holding it any more, and not of the submitting room, they no longer see it.
-    assert_error(await api.act(case_id, "accept", user=worker), 404)
+    # Not holding it any more, they may not accept it (they still see it: their station is on its path).
+    assert_error(await api.act(case_id, "accept", user=worker), 403, "forbidden")
 
 
 async def test_a_decline_reason_is_refused_or_kept_in_the_timeline_whatever_its_characters(api: Api) -> None:
@@ -444,8 +450,8 @@ async def test_a_supervisor_assigns_a_case_to_a_worker_of_their_station(api: Api
 
     seen = await api.wait_for_case(case_id, lambda c: c["assignee_id"] == chosen and is_offered(c))
     assert events_named(seen, "assigned")[-1]["worker_id"] == chosen
-    # The new holder may now act; the one who lost the offer no longer even sees the case.
-    assert_error(await api.act(case_id, "accept", user=case["assignee_id"]), 404)
+    # The new holder may now act; the one who lost the offer (of the same station) may not.
+    assert_error(await api.act(case_id, "accept", user=case["assignee_id"]), 403, "forbidden")
     assert_applied(await api.act(case_id, "accept", user=chosen), case_id, "accepted")
 
 

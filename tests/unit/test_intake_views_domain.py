@@ -73,7 +73,7 @@ def test_events_that_do_not_concern_the_queue_leave_it_as_it_is() -> None:
 
 def sees(role: str, station: str | None, *, user_id: str = "u-1", assignee: str | None = None) -> bool:
     user = User(id=user_id, role=role, station_id=station)
-    return may_see_case(user, assignee_id=assignee, room_id="V11", stations_on_path={"V11", "T1", "C", "M"})
+    return may_see_case(user, assignee_id=assignee, stations_on_path={"V11", "T1", "C", "M"})
 
 
 @pytest.mark.parametrize(
@@ -81,8 +81,11 @@ def sees(role: str, station: str | None, *, user_id: str = "u-1", assignee: str 
     [
         ("worker", "T1", "u-1", True),  # holds it
         ("worker", "V11", None, True),  # their room submitted it
-        ("worker", "T1", None, False),  # a township worker above the room, not holding it
-        ("worker", "V12", "w-2", False),
+        ("worker", "T1", None, True),  # a worker of the township above the room, not holding it
+        ("worker", "M", None, True),  # a worker of the city centre: above the case's path
+        ("worker", "V12", "w-2", False),  # another room
+        ("worker", "T2", None, False),  # a sibling township
+        ("worker", "T2", "u-1", True),  # holds it, wherever their station is
         ("supervisor", "T1", None, True),
         ("supervisor", "M", None, True),
         ("supervisor", "T2", None, False),  # a sibling township
