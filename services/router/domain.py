@@ -348,18 +348,26 @@ def find_placement(
     served_before: frozenset[str] = frozenset(),
     exclude_workers: frozenset[str] = frozenset(),
 ) -> Placement:
-    """Search `start`, its siblings (if lateral), then each parent and its siblings, up to the top."""
+    """Search `start`, then its siblings as one pool (if lateral), then each parent and its
+    siblings the same way, up to the top."""
     home = start
     searches: list[StationSearch] = []
     steps: list[EscalationStep] = []
     via: Literal["target", "escalation"] = "target"
     look = partial(search_station, network, need=need, served_before=served_before, exclude_workers=exclude_workers)
     while True:
-        for station in [home, *(network.siblings(home) if lateral else [])]:
-            search = look(station, via=via if station is home else "lateral")
-            searches.append(search)
-            if search.ranked:
-                return Placement(station, search.ranked, tuple(steps), tuple(searches))
+        search = look(home, via=via)
+        searches.append(search)
+        if search.ranked:
+            return Placement(home, search.ranked, tuple(steps), tuple(searches))
+        beside = [look(station, via="lateral") for station in (network.siblings(home) if lateral else [])]
+        searches += beside
+        # Sibling stations back each other up as one pool: the best eligible worker among all of
+        # them (CONTRACT §6's ranking), not the first sibling by id that has anyone eligible.
+        pooled = sorted((candidate for s in beside for candidate in s.ranked), key=_rank_key)
+        if pooled:
+            station = network.stations[pooled[0].worker.station_id]
+            return Placement(station, tuple(pooled), tuple(steps), tuple(searches))
         parent = network.parent(home)
         if parent is None:
             return Placement(home, (), tuple(steps), tuple(searches))

@@ -149,6 +149,29 @@ def test_lateral_sibling_station_is_tried_before_parent() -> None:
     assert [s["via"] for s in outcome.explanation["stations"]] == ["target", "lateral"]
 
 
+def test_sibling_stations_are_one_pool_and_the_least_loaded_worker_among_them_is_offered() -> None:
+    stations = [*STATIONS, Station("T3", "township", "C")]
+    net = network(
+        worker("w-t2-busy", "T2", "livelihood", capacity=10, load=8),
+        worker("w-t3-idle", "T3", "livelihood", capacity=10, load=1),
+        stations=stations,
+    )
+
+    outcome = route(case("livelihood", "medium"), net)
+
+    # T2 comes first by id, but T3's worker carries less: the siblings back each other up as one.
+    assert outcome.assignment is not None
+    assert (outcome.assignment.worker_id, outcome.assignment.station_id) == ("w-t3-idle", "T3")
+    assert (outcome.assignment.tier, outcome.assignment.score) == ("township", 0.1)
+    assert outcome.assignment.candidates_considered == 2
+    assert outcome.escalations == []
+    assert [(s["station_id"], s["via"]) for s in outcome.explanation["stations"]] == [
+        ("T1", "target"),
+        ("T2", "lateral"),
+        ("T3", "lateral"),
+    ]
+
+
 def test_lateral_false_skips_siblings() -> None:
     net = network(worker("w-sibling", "T2", "livelihood"), worker("w-county", "C", "livelihood"))
 
