@@ -21,7 +21,7 @@ from schemas.topics import CASE_COMMAND_RESULTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
 from services.intake.access import TokenCache
 from services.intake.api import router as api_router
-from services.intake.domain import SubmissionInvalid, parse_kafka_submission, submitter_problems
+from services.intake.domain import SubmissionInvalid, kafka_submission_problems, parse_kafka_submission
 from services.intake.errors import install_error_handlers
 from services.shared.consuming import (
     Delivery,
@@ -34,7 +34,7 @@ from services.shared.consuming import (
     origin,
     record_id,
 )
-from services.shared.directory import get_user
+from services.shared.directory import get_station, get_user
 from services.shared.logging import bind_message_context, clear_message_context
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
@@ -67,7 +67,10 @@ def register_consumers(runtime: Runtime) -> None:
         async def accept(session: AsyncSession) -> None:
             try:
                 submitter = await get_user(session, submission.submitted_by)
-                if problems := submitter_problems(submission.submitted_by, submission.room_id, submitter):
+                room = await get_station(session, submission.room_id)
+                if problems := kafka_submission_problems(
+                    submission.submitted_by, submission.room_id, submitter=submitter, room=room
+                ):
                     raise SubmissionInvalid(problems, submission_id=str(submission.submission_id))
                 await handlers.accept_submission(
                     session,

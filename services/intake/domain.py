@@ -104,14 +104,18 @@ def may_submit_for(user: User, room_id: str) -> bool:
     return user.role == "worker" and user.station_id == room_id
 
 
-def submitter_problems(submitted_by: str, room_id: str, submitter: User | None) -> list[FieldError]:
-    """Why the named submitter may not submit for this room over Kafka (the same rule as HTTP)."""
+def kafka_submission_problems(
+    submitted_by: str, room_id: str, *, submitter: User | None, room: StationRow | None
+) -> list[FieldError]:
+    """Why a Kafka submission's room cannot receive it, or its named submitter may not submit for
+    that room (the same rules as HTTP): a bad room names `room_id`, not the submitter."""
+    problems = room_problems(room_id, room)
     if submitter is None:
-        return [FieldError(field="submitted_by", message=f"unknown user '{submitted_by}'")]
-    if not may_submit_for(submitter, room_id):
+        problems.append(FieldError(field="submitted_by", message=f"unknown user '{submitted_by}'"))
+    elif not problems and not may_submit_for(submitter, room_id):
         message = f"user '{submitted_by}' may not submit referrals for room '{room_id}'"
-        return [FieldError(field="submitted_by", message=message)]
-    return []
+        problems.append(FieldError(field="submitted_by", message=message))
+    return problems
 
 
 def parse_kafka_submission(raw: bytes | None) -> KafkaReferralSubmission:

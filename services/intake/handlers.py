@@ -22,9 +22,9 @@ from services.intake.batching import GroupCommit
 from services.intake.domain import (
     VILLAGE,
     SubmissionInvalid,
+    kafka_submission_problems,
     resident_ref,
     room_problems,
-    submitter_problems,
 )
 from services.intake.referral_batch import HttpSubmission
 from services.shared.db import is_conflict, is_transient_db_error, transaction
@@ -259,11 +259,12 @@ async def accept_kafka_submissions(
     fresh: dict[str, tuple[KafkaReferralSubmission, str]] = {}  # submission id -> (submission, new case id)
     for position, submission in enumerate(submissions):
         key = str(submission.submission_id)
-        problems = submitter_problems(
-            submission.submitted_by, submission.room_id, submitters.get(submission.submitted_by)
-        )
-        problems = problems or room_problems(submission.room_id, rooms.get(submission.room_id))
-        if problems:
+        if problems := kafka_submission_problems(
+            submission.submitted_by,
+            submission.room_id,
+            submitter=submitters.get(submission.submitted_by),
+            room=rooms.get(submission.room_id),
+        ):
             refused.append((position, Refusal(SubmissionInvalid(problems, submission_id=key), key)))
         elif key not in fresh:
             fresh[key] = (submission, str(uuid.uuid4()))

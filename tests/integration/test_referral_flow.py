@@ -206,6 +206,9 @@ async def test_malformed_kafka_submissions_are_rejected_and_the_consumer_keeps_g
     stranger_id = str(uuid.uuid4())
     stranger = referral(submission_id=stranger_id, submitted_by="w-0001")  # a city worker, not of this room
     await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(stranger).encode(), key=ROOM.encode())
+    nowhere_id = str(uuid.uuid4())
+    nowhere = referral(submission_id=nowhere_id, submitted_by=WORKER) | {"room_id": "V-999999999999"}
+    await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(nowhere).encode(), key=b"V-999999999999")
     good_id = str(uuid.uuid4())
     await producer.send_and_wait(
         REFERRALS_SUBMITTED,
@@ -229,6 +232,10 @@ async def test_malformed_kafka_submissions_are_rejected_and_the_consumer_keeps_g
     refused = next(r for r in rejected(rejections.records) if r["submission_id"] == stranger_id)
     assert [e["field"] for e in refused["errors"]] == ["submitted_by"]
     assert await stack.sql("SELECT 1 FROM intake.submission_keys WHERE key = $1", stranger_id) == []
+    # An unknown room is the room's fault, not the (real) submitter's.
+    await rejections.wait_for(lambda records: any(r["submission_id"] == nowhere_id for r in rejected(records)))
+    refused = next(r for r in rejected(rejections.records) if r["submission_id"] == nowhere_id)
+    assert [e["field"] for e in refused["errors"]] == ["room_id"]
 
     # The partition kept flowing past every bad message.
     case_id = await _case_of_submission(stack, case_events, good_id)

@@ -12,11 +12,11 @@ import pytest
 from schemas.referral import Resident
 from services.intake.domain import (
     SubmissionInvalid,
+    kafka_submission_problems,
     may_submit_for,
     parse_kafka_submission,
     resident_ref,
     room_problems,
-    submitter_problems,
 )
 from services.shared.directory import StationRow, User
 
@@ -284,10 +284,26 @@ def test_a_valid_message_parses() -> None:
     assert submission.consent.given is True
 
 
+ROOM_ROW = StationRow("V-360402101001", "十里社区社工室", "village", "T-360402101")
+
+
+def fields_of(submitted_by: str, room_id: str, submitter: User | None, room: StationRow | None) -> list[str]:
+    return [e.field for e in kafka_submission_problems(submitted_by, room_id, submitter=submitter, room=room)]
+
+
 def test_kafka_submitter_must_be_a_known_user_who_may_submit_for_the_room() -> None:
-    room = "V-360402101001"
-    assert submitter_problems("w-9", room, None)[0].field == "submitted_by"
+    room = ROOM_ROW.id
+    assert fields_of("w-9", room, None, ROOM_ROW) == ["submitted_by"]
     elsewhere = User(id="w-1", role="worker", station_id="V-360402102001")
-    assert [e.field for e in submitter_problems("w-1", room, elsewhere)] == ["submitted_by"]
-    assert submitter_problems("w-2", room, User(id="w-2", role="worker", station_id=room)) == []
-    assert submitter_problems("sys", room, User(id="sys", role="system", station_id=None)) == []
+    assert fields_of("w-1", room, elsewhere, ROOM_ROW) == ["submitted_by"]
+    assert fields_of("w-2", room, User(id="w-2", role="worker", station_id=room), ROOM_ROW) == []
+    assert fields_of("sys", room, User(id="sys", role="system", station_id=None), ROOM_ROW) == []
+
+
+def test_a_kafka_submission_for_an_unknown_room_names_the_room_not_the_submitter() -> None:
+    worker_elsewhere = User(id="w-1", role="worker", station_id="V-360402102001")
+    assert fields_of("w-1", "V-999", worker_elsewhere, None) == ["room_id"]
+    assert fields_of("w-9", "V-999", None, None) == ["room_id", "submitted_by"]
+    township = StationRow("T-360402101", "十里街道社工站", "township", "C-360402")
+    system = User(id="sys", role="system", station_id=None)
+    assert fields_of("sys", township.id, system, township) == ["room_id"]
