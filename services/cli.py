@@ -103,10 +103,15 @@ def _network_load(settings: Settings, args: argparse.Namespace) -> None:
     from services.shared.network import NetworkFileError, load_network_file
 
     try:
-        network = load_network_file(args.file)
+        # The file may name stations already in the database without defining them: load_network checks those.
+        network = load_network_file(args.file, defer_outside_stations=True)
     except NetworkFileError as exc:
         raise SystemExit(f"network file rejected:\n{exc}") from None
-    n_stations, n_users = _with_session(settings, lambda session: load_network(session, network))
+    try:
+        n_stations, n_users = _with_session(settings, lambda session: load_network(session, network))
+    except NetworkFileError as exc:
+        lines = "\n".join(f"{args.file}: {line}" for line in exc.errors)
+        raise SystemExit(f"network file rejected:\n{lines}") from None
     print(f"loaded {n_stations} stations and {n_users} users from {args.file}")
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.shared.network import NetworkFile
+from services.shared.network import NetworkFile, NetworkFileError
 from services.shared.tables import api_tokens, stations, users
 
 TIER_ORDER = {"city": 0, "county": 1, "township": 2, "village": 3}
@@ -39,7 +39,21 @@ class StationRow:
 
 
 async def load_network(session: AsyncSession, network: NetworkFile) -> tuple[int, int]:
-    """Create or update every station and user of a network file (idempotent); return their counts."""
+    """Create or update every station and user of a network file (idempotent); return their counts.
+
+    Parents and users' stations the file does not define must already be in the database; if one is
+    not (or a parent is at the wrong tier) this raises NetworkFileError before writing anything.
+    """
+    outside = network.outside_station_ids()
+    if outside:
+        # FOR SHARE: a concurrent load cannot change these stations' tiers (or remove them) until this
+        # transaction, which relies on them, commits.
+        rows = await session.execute(
+            select(stations.c.id, stations.c.tier).where(stations.c.id.in_(sorted(outside))).with_for_update(read=True)
+        )
+        errors = network.outside_station_errors({row.id: row.tier for row in rows})
+        if errors:
+            raise NetworkFileError(errors)
     # Parents before children, so the foreign key on parent_id holds row by row.
     for station in sorted(network.stations, key=lambda s: TIER_ORDER[str(s.tier)]):
         values: dict[str, Any] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -126,16 +128,38 @@ class _CrossCheckFailed(ValueError):
         self.errors = errors
 
 
+# The validation context key of `parse_network(..., defer_outside_stations=True)`.
+_DEFER_OUTSIDE_STATIONS = "defer_outside_stations"
+
+
 class NetworkFile(_Strict):
     stations: list[StationSpec] = []
     users: list[UserSpec] = []
 
     @model_validator(mode="after")
-    def _check_references_and_tiers(self) -> NetworkFile:
-        errors = _station_errors(self.stations) + _user_errors(self.users, self.stations)
+    def _check_references_and_tiers(self, info: ValidationInfo) -> NetworkFile:
+        # Built in code or parsed by default, a file stands alone: a station it does not define is
+        # unknown. `network load` defers those references to the database (`outside_station_errors`).
+        deferred = bool(info.context and info.context.get(_DEFER_OUTSIDE_STATIONS))
+        errors = self._errors(outside_tiers=None if deferred else {})
         if errors:
             raise _CrossCheckFailed(errors)
         return self
+
+    def outside_station_ids(self) -> set[str]:
+        """The stations this file names (as a parent or a user's station) without defining them."""
+        defined = {s.id for s in self.stations}
+        named = {s.parent for s in self.stations} | {u.station for u in self.users}
+        return {station_id for station_id in named if station_id is not None and station_id not in defined}
+
+    def outside_station_errors(self, outside_tiers: Mapping[str, str]) -> list[str]:
+        """Check the references to stations outside the file against those that exist (id -> tier, e.g.
+        from the database): an unknown station or a parent at the wrong tier, one line each."""
+        return self._errors(outside_tiers=outside_tiers)
+
+    def _errors(self, *, outside_tiers: Mapping[str, str] | None) -> list[str]:
+        # None: a reference to a station the file does not define is left for a later check.
+        return _station_errors(self.stations, outside_tiers) + _user_errors(self.users, self.stations, outside_tiers)
 
     def stations_top_down(self) -> list[StationSpec]:
         """Return the stations ordered so that every parent comes before its children."""
@@ -147,7 +171,7 @@ class NetworkFile(_Strict):
         return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, default_flow_style=None, width=120)
 
 
-def _station_errors(stations: list[StationSpec]) -> list[str]:
+def _station_errors(stations: list[StationSpec], outside_tiers: Mapping[str, str] | None) -> list[str]:
     errors: list[str] = []
     first_index: dict[str, int] = {}
     for i, station in enumerate(stations):
@@ -157,9 +181,13 @@ def _station_errors(stations: list[StationSpec]) -> list[str]:
         else:
             first_index[station.id] = i
     by_id = {s.id: s for s in reversed(stations)}
+    # A station the file defines wins over one of the same id outside it: loading the file replaces it.
+    tiers: dict[str, str] = {**(outside_tiers or {}), **{s.id: str(s.tier) for s in by_id.values()}}
 
     for i, station in enumerate(stations):
-        error = _parent_error(station, by_id)
+        if outside_tiers is None and station.parent is not None and station.parent not in tiers:
+            continue  # deferred: the parent may exist outside the file
+        error = _parent_error(station, tiers)
         if error:
             errors.append(f"stations[{i}] ({station.id}).parent: {error}")
 
@@ -180,7 +208,7 @@ def _station_errors(stations: list[StationSpec]) -> list[str]:
     return errors
 
 
-def _parent_error(station: StationSpec, by_id: dict[str, StationSpec]) -> str | None:
+def _parent_error(station: StationSpec, tiers: Mapping[str, str]) -> str | None:
     label = TIER_LABEL[station.tier]
     if station.tier == "city":
         return f"a city centre has no parent, got {station.parent!r}" if station.parent else None
@@ -188,17 +216,22 @@ def _parent_error(station: StationSpec, by_id: dict[str, StationSpec]) -> str | 
     if station.parent is None:
         # A county hub may head a network on its own; below it every station needs its hub.
         return None if station.tier == "county" else f"a {label} needs a parent {expected} station"
-    parent = by_id.get(station.parent)
-    if parent is None:
+    parent_tier = tiers.get(station.parent)
+    if parent_tier is None:
         return f"unknown station {station.parent!r}"
-    if parent.tier != expected:
-        return f"a {label}'s parent must be a {expected} station, {parent.id!r} is a {TIER_LABEL[parent.tier]}"
+    if parent_tier != expected:
+        parent_label = TIER_LABEL.get(parent_tier, parent_tier)
+        return f"a {label}'s parent must be a {expected} station, {station.parent!r} is a {parent_label}"
     return None
 
 
-def _user_errors(users: list[UserSpec], stations: list[StationSpec]) -> list[str]:
+def _user_errors(
+    users: list[UserSpec], stations: list[StationSpec], outside_tiers: Mapping[str, str] | None
+) -> list[str]:
     errors: list[str] = []
     station_ids = {s.id for s in stations}
+    if outside_tiers is not None:
+        station_ids.update(outside_tiers)
     first_index: dict[str, int] = {}
     for i, user in enumerate(users):
         where = f"users[{i}] ({user.id})"
@@ -209,7 +242,7 @@ def _user_errors(users: list[UserSpec], stations: list[StationSpec]) -> list[str
         if user.station is None:
             if user.role != "system":
                 errors.append(f"{where}.station: a {user.role} needs a home station")
-        elif user.station not in station_ids:
+        elif user.station not in station_ids and outside_tiers is not None:
             errors.append(f"{where}.station: unknown station {user.station!r}")
         if user.role == "worker":
             if user.capacity <= 0:
@@ -227,8 +260,12 @@ class NetworkFileError(ValueError):
         self.errors = errors
 
 
-def parse_network(text: str) -> NetworkFile:
-    """Parse and validate the YAML text of a network file."""
+def parse_network(text: str, *, defer_outside_stations: bool = False) -> NetworkFile:
+    """Parse and validate the YAML text of a network file.
+
+    With `defer_outside_stations`, parents and users' stations may name stations the file does not
+    define; the caller must check those with `NetworkFile.outside_station_errors` (`load_network` does).
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -236,19 +273,20 @@ def parse_network(text: str) -> NetworkFile:
     if not isinstance(data, dict):
         raise NetworkFileError(["a network file is a mapping with 'stations' and 'users'"])
     try:
-        return NetworkFile.model_validate(data)
+        context = {_DEFER_OUTSIDE_STATIONS: defer_outside_stations}
+        return NetworkFile.model_validate(data, context=context)
     except ValidationError as exc:
         raise NetworkFileError(_describe(exc, data)) from exc
 
 
-def load_network_file(path: str | os.PathLike[str]) -> NetworkFile:
-    """Read, parse and validate a network file; errors are prefixed with the path."""
+def load_network_file(path: str | os.PathLike[str], *, defer_outside_stations: bool = False) -> NetworkFile:
+    """Read, parse and validate a network file (see `parse_network`); errors are prefixed with the path."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise NetworkFileError([f"{os.fspath(path)}: cannot read: {exc}"]) from exc
     try:
-        return parse_network(text)
+        return parse_network(text, defer_outside_stations=defer_outside_stations)
     except NetworkFileError as exc:
         raise NetworkFileError([f"{os.fspath(path)}: {line}" for line in exc.errors]) from exc
 

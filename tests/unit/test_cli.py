@@ -128,29 +128,29 @@ def test_token_create_without_a_database_url_names_the_variable(monkeypatch: pyt
     assert "CASELINK_DATABASE_URL" in message
 
 
-def test_network_load_rejects_a_station_with_an_unknown_parent_naming_it(tmp_path: Path) -> None:
+def test_network_load_rejects_a_parent_at_the_wrong_tier_within_the_file_before_connecting(tmp_path: Path) -> None:
+    # A room under the county, both in the file: wrong whatever the database holds, so no database is needed.
+    # (A parent the file does not define is looked up in the database: tests/integration/test_network_load.py.)
     network = tmp_path / "network.yaml"
-    network.write_text(VALID_NETWORK.replace('parent: "C-360402"', 'parent: "C-999999"'), encoding="utf-8")
+    network.write_text(VALID_NETWORK.replace('parent: "T-360402101"', 'parent: "C-360402"'), encoding="utf-8")
 
     message = _exit_message(["network", "load", str(network)])
 
     assert "network file rejected" in message
     assert str(network) in message
-    assert "stations[1] (T-360402101).parent" in message
-    assert "unknown station 'C-999999'" in message
+    assert "stations[2] (V-360402101001).parent" in message
+    assert "must be a township station, 'C-360402' is a county hub" in message
 
 
 def test_network_load_reports_every_problem_of_a_file_at_once(tmp_path: Path) -> None:
     network = tmp_path / "network.yaml"
-    broken = VALID_NETWORK.replace('parent: "C-360402"', 'parent: "C-999999"').replace(
-        'station: "T-360402101"', 'station: "T-404"'
-    )
+    broken = VALID_NETWORK.replace('parent: "T-360402101"', 'parent: "C-360402"').replace("capacity: 12", "capacity: 0")
     network.write_text(broken, encoding="utf-8")
 
     message = _exit_message(["network", "load", str(network)])
 
-    assert "stations[1] (T-360402101).parent" in message
-    assert "users[0] (w-0001).station: unknown station 'T-404'" in message
+    assert "stations[2] (V-360402101001).parent" in message
+    assert "users[0] (w-0001).capacity: a worker needs capacity > 0" in message
 
 
 def test_help_lists_every_command_of_the_contract(capsys: pytest.CaptureFixture[str]) -> None:

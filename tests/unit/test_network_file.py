@@ -341,3 +341,68 @@ def test_load_network_file_prefixes_errors_with_the_path(tmp_path: Path) -> None
         load_network_file(bad)
     with pytest.raises(NetworkFileError, match="cannot read"):
         load_network_file(tmp_path / "missing.yaml")
+
+
+# A township and its room added under a county the file does not define (as `network load` may).
+ADDITION = """\
+stations:
+  - {id: "T-360402199", name: "新设街道社工站", tier: township, parent: "C-360402"}
+  - {id: "V-360402199001", name: "新设社区社工室", tier: village, parent: "T-360402199"}
+users:
+  - {id: "w-0199", name: "新人", station: "T-360402199", role: worker, specialties: [elderly_care], capacity: 5}
+  - {id: "s-0101", name: "老站长", station: "T-360402101", role: supervisor}
+"""
+
+
+def test_a_file_naming_stations_it_does_not_define_is_rejected_by_default() -> None:
+    with pytest.raises(NetworkFileError) as caught:
+        parse_network(ADDITION)
+
+    assert str(caught.value).splitlines() == [
+        "stations[0] (T-360402199).parent: unknown station 'C-360402'",
+        "users[1] (s-0101).station: unknown station 'T-360402101'",
+    ]
+
+
+def test_deferring_outside_stations_accepts_them_and_lists_them_for_the_loader() -> None:
+    network = parse_network(ADDITION, defer_outside_stations=True)
+
+    assert network.outside_station_ids() == {"C-360402", "T-360402101"}
+    assert network.outside_station_errors({"C-360402": "county", "T-360402101": "township"}) == []
+
+
+def test_outside_stations_that_do_not_exist_are_unknown_in_the_usual_form() -> None:
+    network = parse_network(ADDITION, defer_outside_stations=True)
+
+    assert network.outside_station_errors({"T-360402101": "township"}) == [
+        "stations[0] (T-360402199).parent: unknown station 'C-360402'"
+    ]
+    assert network.outside_station_errors({"C-360402": "county"}) == [
+        "users[1] (s-0101).station: unknown station 'T-360402101'"
+    ]
+
+
+def test_an_outside_parent_must_be_one_tier_above_the_station() -> None:
+    network = parse_network(ADDITION, defer_outside_stations=True)
+
+    assert network.outside_station_errors({"C-360402": "township", "T-360402101": "township"}) == [
+        "stations[0] (T-360402199).parent: a township station's parent must be a county station, "
+        "'C-360402' is a township station"
+    ]
+
+
+def test_deferring_outside_stations_still_checks_what_the_file_defines() -> None:
+    room_under_room = ADDITION.replace(
+        "users:",
+        '  - {id: "V-360402199002", name: "错挂社工室", tier: village, parent: "V-360402199001"}\nusers:',
+    )
+    duplicate = ADDITION.replace('id: "V-360402199001"', 'id: "T-360402199"')
+
+    with pytest.raises(NetworkFileError) as caught:
+        parse_network(room_under_room, defer_outside_stations=True)
+    assert str(caught.value).splitlines() == [
+        "stations[2] (V-360402199002).parent: a village room's parent must be a township station, "
+        "'V-360402199001' is a village room"
+    ]
+    with pytest.raises(NetworkFileError, match=r"stations\[1\] \(T-360402199\)\.id: duplicate station id"):
+        parse_network(duplicate, defer_outside_stations=True)

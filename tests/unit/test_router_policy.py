@@ -147,6 +147,9 @@ def _delete(path: list[Any]) -> Callable[[dict[str, Any]], None]:
         (_set(["load_weight", "low"], 0), "load_weight.low: Input should be greater than or equal to 1"),
         (_set(["offers_per_tier"], 0), "offers_per_tier: Input should be greater than or equal to 1"),
         (_delete(["lateral"]), "lateral: required"),
+        # `version` is the policy's revision (carried as `policy_version` in routed events): any n >= 1.
+        (_set(["version"], 0), "version: Input should be greater than or equal to 1"),
+        (_delete(["version"]), "version: required"),
     ],
 )
 def test_each_validation_error_names_rule_and_field(change: Callable[[dict[str, Any]], None], message: str) -> None:
