@@ -309,6 +309,8 @@ def fire_due(state: CaseState, ctx: Context) -> Decision | None:
         events.append(_sla("sla_warning", current, current.accept_by, "accept"))
         current = replace(current, accept_warn_at=None)
     if current.status == "offered" and current.accept_by is not None and now >= current.accept_by:
+        # The accept deadline passed (CONTRACT §4: sla_breached, kind accept), and so the offer lapsed.
+        events.append(_sla("sla_breached", current, current.accept_by, "accept"))
         decision = offer_ended(current, ctx, how="offer_expired")
         events.extend(decision.events)
         current = decision.state

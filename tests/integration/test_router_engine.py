@@ -140,6 +140,12 @@ async def test_unanswered_offers_expire_then_reoffer_at_same_tier_then_escalate(
         assert expiry["data"]["worker_id"] == offer["worker_id"]
         assert expiry["data"]["status"] == "routed"
         assert at(expiry["time"]) >= at(offer["accept_by"]) - timedelta(milliseconds=50), explain(harness, case)
+    # Each lapse is an accept-deadline breach first (CONTRACT §4), right before its offer_expired.
+    breaches = [e["data"] for e in harness.events.named(case, "sla_breached") if e["data"]["kind"] == "accept"]
+    for offer, breach, expiry in zip(township_offers, breaches, expired, strict=False):
+        assert (breach["worker_id"], at(breach["deadline"])) == (offer["worker_id"], at(offer["accept_by"]))
+        assert breach["sequence"] == expiry["data"]["sequence"] - 1, explain(harness, case)
+    assert len(breaches) >= len(township_offers), explain(harness, case)
 
     escalated = harness.events.named(case, "escalated")[0]["data"]
     assert (escalated["reason"], escalated["from_tier"], escalated["from_station_id"]) == (

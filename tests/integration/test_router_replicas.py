@@ -135,6 +135,7 @@ async def test_router_killed_mid_stream_loses_no_timer_and_fires_none_twice(
     offers: Counter[tuple[str, str]] = Counter()
     expiries: Counter[tuple[str, str]] = Counter()
     warnings: Counter[tuple[str, str]] = Counter()
+    breaches: Counter[tuple[str, str]] = Counter()
     for case in cases:
         for event in harness.events.of(case):
             name, data = short_type(event), event["data"]
@@ -144,6 +145,8 @@ async def test_router_killed_mid_stream_loses_no_timer_and_fires_none_twice(
                 expiries[case, data["worker_id"]] += 1
             elif name == "sla_warning" and data["kind"] == "accept":
                 warnings[case, data["deadline"]] += 1
+            elif name == "sla_breached" and data["kind"] == "accept":
+                breaches[case, data["worker_id"]] += 1
     print(f"{sum(offers.values())} offers, {sum(expiries.values())} expired ({expired_before_kill} before the kill)")
     assert set(offers.values()) == {1}, "a worker was offered the same case twice"
     wrong = {offer: expiries[offer] for offer in offers if expiries[offer] != 1}
@@ -152,6 +155,7 @@ async def test_router_killed_mid_stream_loses_no_timer_and_fires_none_twice(
     )
     assert set(expiries) == set(offers), "offer_expired for an offer never made"
     assert all(count == 1 for count in warnings.values()), f"accept warnings fired twice: {warnings}"
+    assert breaches == expiries, "an expired offer without exactly one accept breach, or a breach without expiry"
     problems = _problems_per_case(harness, cases)
     assert not problems, f"{problems}\n{_explain_some(harness, list(problems))}"
     assert await harness.load_discrepancies() == []

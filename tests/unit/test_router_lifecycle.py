@@ -343,12 +343,13 @@ def test_accept_warning_fires_once_at_80_percent_of_the_offer_window() -> None:
     assert fire_due(decision.state, at_warning) is None
 
 
-def test_passed_accept_deadline_expires_the_offer_and_offers_the_next_worker() -> None:
+def test_passed_accept_deadline_is_a_breach_that_expires_the_offer_and_offers_the_next_worker() -> None:
     warned = replace(offered_to_w1(), accept_warn_at=None)
 
     decision = fire_due(warned, context(TOWNSHIP_PAIR, at=NOW + ACCEPT))
 
-    assert decision is not None and names(decision) == ["offer_expired", "assigned"]
+    assert decision is not None and names(decision) == ["sla_breached", "offer_expired", "assigned"]
+    assert sla(decision.events[0]) == (NOW + ACCEPT, "accept", "w-1")
     assert (decision.state.assignee_id, decision.release, decision.ended_offer) == ("w-2", "w-1", ("w-1", "expired"))
     assert decision.offer is not None and decision.offer.worker_id == "w-2"
 
@@ -376,8 +377,9 @@ def test_router_down_past_every_deadline_fires_each_in_order_in_one_call() -> No
     decision = fire_due(offered_to_w1(), late)
 
     assert decision is not None
-    assert names(decision) == ["sla_warning", "offer_expired", "assigned", "sla_warning", "sla_breached"]
-    assert [e.fields.get("kind") for e in decision.events] == ["accept", None, None, "resolve", "resolve"]
+    expected = ["sla_warning", "sla_breached", "offer_expired", "assigned", "sla_warning", "sla_breached"]
+    assert names(decision) == expected
+    assert [e.fields.get("kind") for e in decision.events] == ["accept", "accept", None, None, "resolve", "resolve"]
     state = decision.state
     assert (state.assignee_id, state.resolve_warn_at, state.resolve_breached) == ("w-2", None, True)
     assert (decision.release, decision.ended_offer) == ("w-1", ("w-1", "expired"))
