@@ -109,15 +109,16 @@ def _http_ready(http: str) -> bool:
         return False
 
 
-def _banner(http: str, tokens: dict[str, str], endpoints_file: Path, started: float) -> str:
+def _banner(http: str, tokens: dict[str, str], endpoints_file: Path, started: float, *, demo_inbox: bool) -> str:
     lines = [
         "",
         f"caselink is up in {time.monotonic() - started:.1f}s",
         f"  dashboard/API  {http}/docs",
         f"  endpoints      {endpoints_file}",
     ]
-    if tokens:
+    if demo_inbox:
         lines.append(f"  demo pushes    {http}/dev/inbox")
+    if tokens:
         lines.append("  demo tokens:")
         lines += [f"    {role:<10} {token}" for role, token in tokens.items()]
     if worker := tokens.get("worker"):
@@ -163,7 +164,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         partial = endpoints_file.with_suffix(".json.partial")
         partial.write_text(json.dumps(endpoints, indent=2) + "\n")
         partial.replace(endpoints_file)
-        print(_banner(http, tokens, endpoints_file, started), flush=True)
+        print(_banner(http, tokens, endpoints_file, started, demo_inbox=not args.network), flush=True)
         while not stop["signal"]:
             for name, proc in processes.items():
                 if proc.poll() is not None:
@@ -175,6 +176,8 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         _stop_all(processes)
         infra.stop()
         endpoints_file.unlink(missing_ok=True)
+        for name in SERVICES:
+            (data_dir / f"{name}.ready").unlink(missing_ok=True)
 
 
 def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
