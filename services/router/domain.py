@@ -200,18 +200,23 @@ class StationSearch:
         """How many workers of the station were looked at."""
         return sum(self.filtered.values()) + len(self.ranked)
 
-    def explain(self) -> dict[str, Any]:
-        """JSON-ready summary; worker ids and ratios only, no personal data."""
-        return {
+    def explain(self, *, brief: bool = False) -> dict[str, Any]:
+        """JSON-ready summary; worker ids and ratios only, no personal data. Brief: the counts alone
+        (only the reasons that filtered anyone out), not who was passed over or who ranked first."""
+        filtered = {reason: n for reason, n in self.filtered.items() if n or not brief}
+        summary = {
             "station_id": self.station.id,
             "tier": self.station.tier,
             "via": self.via,
             "considered": self.considered,
-            "filtered": dict(self.filtered),
-            "filtered_out": [{"worker_id": worker, "reason": reason} for worker, reason in self.passed_over],
+            "filtered": filtered,
             "eligible": len(self.ranked),
-            "top": [c.explain() for c in self.ranked[:TOP_CANDIDATES_EXPLAINED]],
         }
+        if brief:
+            return summary
+        passed_over = [{"worker_id": worker, "reason": reason} for worker, reason in self.passed_over]
+        top = [c.explain() for c in self.ranked[:TOP_CANDIDATES_EXPLAINED]]
+        return summary | {"filtered_out": passed_over, "top": top}
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +448,12 @@ def explain_placement(need: Need, placement: Placement) -> dict[str, Any]:
     return {
         "need": {"specialty": need.specialty, "certification": need.certification, "weight": need.weight},
         "candidates_considered": sum(search.considered for search in placement.searches),
-        "stations": [search.explain() for search in placement.searches],
+        # A sibling searched beside the one placed at is summed up by its counts: a pooled search
+        # looks at every sibling, and naming each one's workers would multiply the event's size.
+        "stations": [
+            search.explain(brief=search.via == "lateral" and search.station != placement.station)
+            for search in placement.searches
+        ],
         "outcome": (
             {"assigned": best.worker.id, "station_id": placement.station.id, "score": round(best.load_ratio, 4)}
             if best

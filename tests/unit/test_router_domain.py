@@ -165,11 +165,13 @@ def test_sibling_stations_are_one_pool_and_the_least_loaded_worker_among_them_is
     assert (outcome.assignment.tier, outcome.assignment.score) == ("township", 0.1)
     assert outcome.assignment.candidates_considered == 2
     assert outcome.escalations == []
-    assert [(s["station_id"], s["via"]) for s in outcome.explanation["stations"]] == [
-        ("T1", "target"),
-        ("T2", "lateral"),
-        ("T3", "lateral"),
-    ]
+    searched = outcome.explanation["stations"]
+    assert [(s["station_id"], s["via"]) for s in searched] == [("T1", "target"), ("T2", "lateral"), ("T3", "lateral")]
+    # The sibling passed over beside the one placed at is summed up by its counts alone.
+    assert searched[1] == {
+        "station_id": "T2", "tier": "township", "via": "lateral", "considered": 1, "filtered": {}, "eligible": 1
+    }  # fmt: skip
+    assert [c["worker_id"] for c in searched[2]["top"]] == ["w-t3-idle"]
 
 
 def test_lateral_false_skips_siblings() -> None:
