@@ -91,6 +91,7 @@ class QueuedData(CaseEventData):
     """No eligible worker has capacity anywhere the case may go."""
 
     waiting_at: str = Field(description="station id where the case waits")
+    explanation: dict[str, Any] | None = None
 
 
 class EscalatedData(CaseEventData):

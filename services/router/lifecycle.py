@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 HOLDING = frozenset({"offered", "accepted", "in_progress"})
 FINISHED = frozenset({"resolved", "closed"})
 WARNING_SHARE = 0.8  # sla_warning fires when this share of a deadline's window has passed
+# The part of a new case's explanation its `routed` event carries (the rest goes with the search's outcome).
+ROUTING_EXPLAINED = ("rule", "policy_version", "need")
 
 OfferEnd = Literal["declined", "offer_expired"]
 
@@ -152,7 +154,9 @@ def admit(case: CaseFacts, ctx: Context, *, received_at: datetime) -> Decision:
             "policy_version": outcome.policy_version,
             "resolve_by": resolve_by,
             "notify_stations": outcome.notify_station_ids or None,
-            "explanation": outcome.explanation,
+            # Why this tier and what the case needs; the search for a worker is explained once, by
+            # the event that reports its outcome (assigned or queued), not twice per case.
+            "explanation": {key: outcome.explanation[key] for key in ROUTING_EXPLAINED},
         },
     )
     escalations = tuple(
@@ -167,7 +171,7 @@ def admit(case: CaseFacts, ctx: Context, *, received_at: datetime) -> Decision:
     if outcome.assignment is None:
         station = ctx.network.stations[outcome.station_id]
         queued = _queue(state, station)
-        return Decision(queued, (routed, *escalations, _queued_event(station)))
+        return Decision(queued, (routed, *escalations, _queued_event(station, outcome.explanation)))
     offered, assigned = offer_to(state, outcome.assignment, ctx, explanation=outcome.explanation)
     return Decision(offered, (routed, *escalations, assigned), offer=outcome.assignment)
 
@@ -189,8 +193,9 @@ def _queue(state: CaseState, station: Station) -> CaseState:
     )
 
 
-def _queued_event(station: Station) -> Emit:
-    return Emit("queued", station.tier, station.id, {"waiting_at": station.id})
+def _queued_event(station: Station, explanation: dict[str, Any] | None = None) -> Emit:
+    fields: dict[str, Any] = {"waiting_at": station.id}
+    return Emit("queued", station.tier, station.id, fields | ({"explanation": explanation} if explanation else {}))
 
 
 def offer_to(
@@ -250,7 +255,8 @@ def place(state: CaseState, start: Station, ctx: Context) -> tuple[CaseState, tu
     )
     assignment = _assignment(placement, state, ctx)
     if assignment is None:
-        return _queue(state, placement.station), (*escalations, _queued_event(placement.station)), None
+        searched = {"rule": state.rule, "policy_version": ctx.policy.version, **explanation}
+        return _queue(state, placement.station), (*escalations, _queued_event(placement.station, searched)), None
     offered, assigned = offer_to(state, assignment, ctx, explanation=explanation)
     return offered, (*escalations, assigned), assignment
 

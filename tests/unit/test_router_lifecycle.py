@@ -124,12 +124,15 @@ def test_routed_case_is_offered_with_accept_and_resolve_deadlines_and_warnings_a
 def test_routed_event_names_the_rule_reason_policy_version_and_explanation() -> None:
     decision = admitted(TOWNSHIP_PAIR, policy=parse_policy(SINGLE_OFFER_POLICY))
 
-    routed = decision.events[0]
+    routed, assigned = decision.events
     assert (routed.tier, routed.station_id) == ("township", "T1")
     assert routed.fields["rule"] == "all-to-township"
     assert "rule 'all-to-township'" in routed.fields["reason"]
     assert routed.fields["policy_version"] == 7
-    assert routed.fields["explanation"]["outcome"] == {"assigned": "w-1", "station_id": "T1", "score": 0.0}
+    # routed explains the routing; the search for a worker is explained once, by its outcome.
+    need = {"specialty": "livelihood", "certification": "none", "weight": 1}
+    assert routed.fields["explanation"] == {"rule": "all-to-township", "policy_version": 7, "need": need}
+    assert assigned.fields["explanation"]["outcome"] == {"assigned": "w-1", "station_id": "T1", "score": 0.0}
 
 
 def test_assigned_event_explains_every_worker_filtered_out_and_the_winners_score() -> None:
@@ -189,7 +192,11 @@ def test_case_with_no_capacity_anywhere_escalates_tier_by_tier_and_queues_at_the
     hops = [(e.fields["from_station_id"], e.station_id, e.fields["reason"]) for e in decision.events[1:3]]
     assert hops == [("T1", "C", "no_capacity"), ("C", "M", "no_capacity")]
     queued = decision.events[-1]
-    assert (queued.tier, queued.station_id, queued.fields) == ("city", "M", {"waiting_at": "M"})
+    assert (queued.tier, queued.station_id, queued.fields["waiting_at"]) == ("city", "M", "M")
+    # The search that found nobody is explained by the queued event, station by station.
+    searched = [s["station_id"] for s in queued.fields["explanation"]["stations"]]
+    assert searched == ["T1", "T2", "C", "M"]
+    assert queued.fields["explanation"]["outcome"] == {"queued_at": "M"}
     state = decision.state
     assert (state.status, state.tier, state.station_id, state.assignee_id) == ("queued", "city", "M", None)
     assert state.floor_station_id == "T1"  # no_capacity does not raise the floor: T1 may still gain capacity
