@@ -222,10 +222,15 @@ def offer_to(
             "candidates_considered": assignment.candidates_considered,
             "score": assignment.score,
             "weight": assignment.weight,
-            "explanation": {"rule": state.rule, "policy_version": ctx.policy.version, **explanation},
+            "explanation": _under_rule(state, ctx, explanation),
         },
     )
     return offered, event
+
+
+def _under_rule(state: CaseState, ctx: Context, explanation: dict[str, Any]) -> dict[str, Any]:
+    """A search's explanation headed by the case's rule and the policy version it ran under."""
+    return {"rule": state.rule, "policy_version": ctx.policy.version, **explanation}
 
 
 def place(state: CaseState, start: Station, ctx: Context) -> tuple[CaseState, tuple[Emit, ...], Assignment | None]:
@@ -255,8 +260,8 @@ def place(state: CaseState, start: Station, ctx: Context) -> tuple[CaseState, tu
     )
     assignment = _assignment(placement, state, ctx)
     if assignment is None:
-        searched = {"rule": state.rule, "policy_version": ctx.policy.version, **explanation}
-        return _queue(state, placement.station), (*escalations, _queued_event(placement.station, searched)), None
+        queued = _queued_event(placement.station, _under_rule(state, ctx, explanation))
+        return _queue(state, placement.station), (*escalations, queued), None
     offered, assigned = offer_to(state, assignment, ctx, explanation=explanation)
     return offered, (*escalations, assigned), assignment
 
