@@ -72,10 +72,15 @@ def _service_env(settings: Settings, infra: EmbeddedInfrastructure, args: argpar
     return env
 
 
+def _ready_file(data_dir: Path, name: str) -> Path:
+    """Where a consumer service (`--ready-file`) says it is up."""
+    return data_dir / f"{name}.ready"
+
+
 def _start_services(env: dict[str, str], data_dir: Path) -> dict[str, subprocess.Popen[bytes]]:
     processes = {}
     for name in SERVICES:
-        ready = data_dir / f"{name}.ready"
+        ready = _ready_file(data_dir, name)
         ready.unlink(missing_ok=True)
         # intake reports readiness over HTTP (/readyz); the consumers by touching a file.
         flags = [] if name == "intake" else ["--ready-file", str(ready)]
@@ -94,7 +99,7 @@ def _wait_ready(processes: dict[str, subprocess.Popen[bytes]], data_dir: Path, h
         for name, proc in processes.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"the {name} service exited with {proc.returncode} while starting")
-        consumers_up = all((data_dir / f"{name}.ready").exists() for name in SERVICES if name != "intake")
+        consumers_up = all(_ready_file(data_dir, name).exists() for name in SERVICES if name != "intake")
         if consumers_up and _http_ready(http):
             return
         time.sleep(0.1)
@@ -177,7 +182,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         infra.stop()
         endpoints_file.unlink(missing_ok=True)
         for name in SERVICES:
-            (data_dir / f"{name}.ready").unlink(missing_ok=True)
+            _ready_file(data_dir, name).unlink(missing_ok=True)
 
 
 def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
