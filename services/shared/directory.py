@@ -41,8 +41,10 @@ class StationRow:
 async def load_network(session: AsyncSession, network: NetworkFile) -> tuple[int, int]:
     """Create or update every station and user of a network file (idempotent); return their counts.
 
-    Parents and users' stations the file does not define must already be in the database; if one is
-    not (or a parent is at the wrong tier) this raises NetworkFileError before writing anything.
+    Parents and users' stations the file does not define must already be in the database, and
+    stations in the database below those the file defines must still fit under them (a file may
+    change a station's tier). If not, this raises NetworkFileError; the caller's transaction then
+    rolls back whatever was written.
     """
     outside = network.outside_station_ids()
     if outside:
@@ -68,6 +70,19 @@ async def load_network(session: AsyncSession, network: NetworkFile) -> tuple[int
             .values(values)
             .on_conflict_do_update(index_elements=[stations.c.id], set_={**values, "updated_at": text("now()")})
         )
+    # After the writes, so this transaction holds the row locks of the file's stations: a load adding a
+    # child under one of them (it locks its parent FOR SHARE, above) either committed before and is seen
+    # here, or waits for this commit and then checks against the new tier.
+    defined = sorted({station.id for station in network.stations})
+    if defined:
+        children = await session.execute(
+            select(stations.c.id, stations.c.tier, stations.c.parent_id).where(
+                stations.c.parent_id.in_(defined), stations.c.id.not_in(defined)
+            )
+        )
+        errors = network.outside_children_errors((row.id, row.tier, row.parent_id) for row in children)
+        if errors:
+            raise NetworkFileError(errors)
     for user in network.users:
         user_values: dict[str, Any] = {
             "id": user.id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +28,8 @@ TIER_LABEL: dict[str, str] = {
     "county": "county hub",
     "city": "city centre",
 }
+PARENT_TIER: dict[str, str] = {"county": "city", "township": "county", "village": "township"}
+MISPLACED_SHOWN = 5  # ids named per line when stations outside a file no longer fit under their parent
 CERTIFICATION_RANK: dict[str, int] = {name: rank for rank, name in enumerate(CERTIFICATIONS)}
 
 # Ids travel in URLs (webhook paths, REST routes) and Kafka keys, so they stay plain ASCII.
@@ -157,6 +159,31 @@ class NetworkFile(_Strict):
         from the database): an unknown station or a parent at the wrong tier, one line each."""
         return self._errors(outside_tiers=outside_tiers)
 
+    def outside_children_errors(self, children: Iterable[tuple[str, str, str]]) -> list[str]:
+        """Check stations outside the file whose parent it defines ((id, tier, parent id) each, e.g.
+        from the database) against the tier the file gives that parent: one line per parent."""
+        index = {s.id: i for i, s in reversed(list(enumerate(self.stations)))}
+        tiers = {s.id: str(s.tier) for s in self.stations}
+        misplaced: dict[str, dict[str, list[str]]] = {}  # parent id -> the tier its children need -> their ids
+        for child_id, child_tier, parent_id in children:
+            needed = PARENT_TIER.get(child_tier)
+            if needed is None or child_id in tiers or parent_id not in tiers or needed == tiers[parent_id]:
+                continue  # the file's own stations were checked with the file
+            misplaced.setdefault(parent_id, {}).setdefault(needed, []).append(child_id)
+        errors: list[str] = []
+        for parent_id, needs in sorted(misplaced.items(), key=lambda item: index[item[0]]):
+            for needed, ids in sorted(needs.items()):
+                ids.sort()
+                shown = ", ".join(ids[:MISPLACED_SHOWN]) + (
+                    f" and {len(ids) - MISPLACED_SHOWN} more" if len(ids) > MISPLACED_SHOWN else ""
+                )
+                below = "1 station below it" if len(ids) == 1 else f"{len(ids)} stations below it"
+                errors.append(
+                    f"stations[{index[parent_id]}] ({parent_id}).tier: {below}, not in this file, "
+                    f"{'needs' if len(ids) == 1 else 'need'} a {TIER_LABEL[needed]} as parent: {shown}"
+                )
+        return errors
+
     def _errors(self, *, outside_tiers: Mapping[str, str] | None) -> list[str]:
         # None: a reference to a station the file does not define is left for a later check.
         return _station_errors(self.stations, outside_tiers) + _user_errors(self.users, self.stations, outside_tiers)
@@ -212,7 +239,7 @@ def _parent_error(station: StationSpec, tiers: Mapping[str, str]) -> str | None:
     label = TIER_LABEL[station.tier]
     if station.tier == "city":
         return f"a city centre has no parent, got {station.parent!r}" if station.parent else None
-    expected = {"county": "city", "township": "county", "village": "township"}[station.tier]
+    expected = PARENT_TIER[station.tier]
     if station.parent is None:
         # A county hub may head a network on its own; below it every station needs its hub.
         return None if station.tier == "county" else f"a {label} needs a parent {expected} station"

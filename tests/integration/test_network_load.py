@@ -13,7 +13,7 @@ import pytest
 
 from services.cli import main
 from services.shared.db import asyncpg_dsn
-from services.shared.demo import COUNTY_ID, demo_network
+from services.shared.demo import CITY_ID, COUNTY_ID, demo_network
 from services.shared.migrate import upgrade
 from tests.support.isolation import isolated_settings_and_logging
 
@@ -146,3 +146,34 @@ stations:
         f"'{EXISTING_TOWNSHIP}' is a township station",
     ]
     assert stations_named(database, "T-360402196") == {}
+
+
+def test_a_station_moved_to_another_tier_over_rooms_the_file_leaves_out_is_rejected(
+    database: str, tmp_path: Path
+) -> None:
+    rooms = [
+        row["id"] for row in sql(database, "SELECT id FROM shared.stations WHERE parent_id = $1", EXISTING_TOWNSHIP)
+    ]
+    addition = network_file(
+        tmp_path,
+        f"""\
+stations:
+  - {{id: "{EXISTING_TOWNSHIP}", name: "十里街道社工站", tier: county, parent: "{CITY_ID}"}}
+  - {{id: "T-360402195", name: "新设街道社工站", tier: township, parent: "{EXISTING_TOWNSHIP}"}}
+users:
+  - {{id: "w-0195", name: "新人", station: "T-360402195", role: worker, specialties: [elderly_care], capacity: 5}}
+""",
+    )
+
+    message = rejection(["network", "load", str(addition)])
+
+    assert len(rooms) > 1
+    shown = ", ".join(sorted(rooms)[:5]) + (f" and {len(rooms) - 5} more" if len(rooms) > 5 else "")
+    assert message.splitlines() == [
+        "network file rejected:",
+        f"{addition}: stations[0] ({EXISTING_TOWNSHIP}).tier: {len(rooms)} stations below it, not in this file, "
+        f"need a township station as parent: {shown}",
+    ]
+    # Nothing was written: the station kept its tier and parent, the new ones are not there.
+    assert stations_named(database, EXISTING_TOWNSHIP, "T-360402195") == {EXISTING_TOWNSHIP: ("township", COUNTY_ID)}
+    assert users_named(database, "w-0195") == {}

@@ -406,3 +406,32 @@ def test_deferring_outside_stations_still_checks_what_the_file_defines() -> None
     ]
     with pytest.raises(NetworkFileError, match=r"stations\[1\] \(T-360402199\)\.id: duplicate station id"):
         parse_network(duplicate, defer_outside_stations=True)
+
+
+RETIERED = """\
+stations:
+  - {id: "T-360402101", name: "十里街道社工站", tier: county, parent: "M-3604"}
+  - {id: "T-360402198", name: "新设街道社工站", tier: township, parent: "T-360402101"}
+"""
+
+
+def test_stations_outside_the_file_must_still_fit_under_a_station_it_moves_to_another_tier() -> None:
+    network = parse_network(RETIERED, defer_outside_stations=True)
+    rooms = [(f"V-36040210100{n}", "village", "T-360402101") for n in range(7, 0, -1)]
+
+    assert network.outside_children_errors(rooms) == [
+        "stations[0] (T-360402101).tier: 7 stations below it, not in this file, need a township station as "
+        "parent: V-360402101001, V-360402101002, V-360402101003, V-360402101004, V-360402101005 and 2 more"
+    ]
+    assert network.outside_children_errors(rooms[:1]) == [
+        "stations[0] (T-360402101).tier: 1 station below it, not in this file, needs a township station as "
+        "parent: V-360402101007"
+    ]
+
+
+def test_stations_outside_the_file_that_still_fit_or_that_it_defines_are_not_its_concern() -> None:
+    network = parse_network(RETIERED, defer_outside_stations=True)
+
+    assert network.outside_children_errors([("T-360402102", "township", "T-360402101")]) == []  # fits a county
+    assert network.outside_children_errors([("T-360402198", "village", "T-360402101")]) == []  # the file's own
+    assert network.outside_children_errors([("V-360402102001", "village", "T-360402102")]) == []  # another parent
