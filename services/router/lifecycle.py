@@ -244,17 +244,13 @@ def place(state: CaseState, start: Station, ctx: Context) -> tuple[CaseState, tu
         exclude_workers=state.passed_over,
     )
     explanation = explain_placement(state.need, placement)
+    # As for a new case, the search is explained once, by the assigned or queued event that ends it.
     escalations = tuple(
         Emit(
             "escalated",
             step.to_tier,
             step.to_station_id,
-            {
-                "from_tier": step.from_tier,
-                "from_station_id": step.from_station_id,
-                "reason": step.reason,
-                "explanation": explanation,
-            },
+            {"from_tier": step.from_tier, "from_station_id": step.from_station_id, "reason": step.reason},
         )
         for step in placement.escalations
     )

@@ -204,15 +204,17 @@ def test_case_with_no_capacity_anywhere_escalates_tier_by_tier_and_queues_at_the
     assert state.next_due_at == state.resolve_warn_at
 
 
-def test_placing_from_a_station_explains_why_it_moved_up() -> None:
+def test_placing_from_a_station_explains_why_it_moved_up_once_with_the_offer() -> None:
     state = offered_to_w1()
     net = network(worker("w-city", "M"))
 
     placed, events, offer = place(replace(state, assignee_id=None), net.stations["T1"], context(net))
 
     assert [e.name for e in events] == ["escalated", "escalated", "assigned"]
-    stations = [s["station_id"] for s in events[0].fields["explanation"]["stations"]]
-    assert stations == ["T1", "T2", "C", "M"]
+    assert [e.fields.get("explanation") for e in events[:2]] == [None, None]
+    explanation = events[2].fields["explanation"]
+    assert [s["station_id"] for s in explanation["stations"]] == ["T1", "T2", "C", "M"]
+    assert (explanation["rule"], explanation["policy_version"]) == (state.rule, default_policy().version)
     assert offer is not None and (offer.worker_id, placed.station_id, placed.tier) == ("w-city", "M", "city")
 
 
