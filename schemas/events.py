@@ -91,6 +91,7 @@ class QueuedData(CaseEventData):
     """No eligible worker has capacity anywhere the case may go."""
 
     waiting_at: str = Field(description="station id where the case waits")
+    resolve_by: UtcDatetime | None = Field(default=None, description="when the case must be resolved")
     explanation: dict[str, Any] | None = None
 
 
@@ -100,6 +101,7 @@ class EscalatedData(CaseEventData):
     from_tier: Tier
     from_station_id: str
     reason: EscalationReason
+    resolve_by: UtcDatetime | None = Field(default=None, description="when the case must be resolved")
     explanation: dict[str, Any] | None = None
 
 

@@ -369,6 +369,7 @@ def push_for(group: list[Job], now: datetime) -> Push:
             "category": job.category,
             "risk_level": job.risk_level,
             "station_id": job.facts.get("station_id"),
+            "deadline": job.facts.get("resolve_by"),  # as a single escalation push says it
         }
         for job in ranked
     ]

@@ -73,6 +73,7 @@ FACT_KEYS = (
     "reason",
     "waiting_at",
     "accept_by",
+    "resolve_by",
     "deadline",
     "kind",
 )
@@ -111,18 +112,22 @@ def render(facts: dict[str, Any], now: datetime) -> Text | None:
     if event_type == ESCALATED:
         reason = str(facts.get("reason") or "")
         wait_zh, wait_en = _waiting(facts, now)
+        due_zh, due_en, resolve_by = _resolve_by(facts)
         return Text(
             f"个案上转：{case_zh}已由{_tier_zh(facts.get('from_tier'))}上转至{_tier_zh(facts.get('tier'))}，"
-            f"原因：{ESCALATION_REASON_ZH.get(reason, '其他')}{wait_zh}，请尽快指派",
+            f"原因：{ESCALATION_REASON_ZH.get(reason, '其他')}{wait_zh}，请尽快指派{due_zh}",
             f"Escalated: {case_en} moved from {_tier_en(facts.get('from_tier'))} to {_tier_en(facts.get('tier'))}, "
-            f"reason: {ESCALATION_REASON_EN.get(reason, 'other')}{wait_en}; please assign",
+            f"reason: {ESCALATION_REASON_EN.get(reason, 'other')}{wait_en}; please assign{due_en}",
+            resolve_by,
         )
     if event_type == QUEUED:
         waiting_at = facts.get("waiting_at", "")
         wait_zh, wait_en = _waiting(facts, now)
+        due_zh, due_en, resolve_by = _resolve_by(facts)
         return Text(
-            f"个案排队：{case_zh}暂无可接单社工，正在 {waiting_at} 等待指派{wait_zh}",
-            f"Queued: {case_en} has no eligible worker with capacity, waiting at {waiting_at}{wait_en}",
+            f"个案排队：{case_zh}暂无可接单社工，正在 {waiting_at} 等待指派{wait_zh}{due_zh}",
+            f"Queued: {case_en} has no eligible worker with capacity, waiting at {waiting_at}{wait_en}{due_en}",
+            resolve_by,
         )
     if event_type == ROUTED and facts.get("notice"):
         station, tier = facts.get("station_id", ""), facts.get("tier")
@@ -133,6 +138,15 @@ def render(facts: dict[str, Any], now: datetime) -> Text | None:
     if event_type in (SLA_WARNING, SLA_BREACHED):
         return _deadline_notice(event_type, facts, case_zh, case_en)
     return None
+
+
+def _resolve_by(facts: dict[str, Any]) -> tuple[str, str, str | None]:
+    """The case's resolve deadline as a clause of a supervisor's push (empty if the event had none)."""
+    resolve_by = facts.get("resolve_by")
+    if not resolve_by:
+        return "", "", None
+    zh, en = deadline_text(resolve_by)
+    return f"，须于 {zh} 前办结", f" (to be resolved by {en})", resolve_by
 
 
 def _deadline_notice(event_type: str, facts: dict[str, Any], case_zh: str, case_en: str) -> Text:

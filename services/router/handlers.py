@@ -306,6 +306,10 @@ async def _store(
         )
 
 
+# A case that moved up or waits goes to supervisors, whose push then says by when it must be resolved.
+_CARRY_RESOLVE_BY = frozenset({"escalated", "queued"})
+
+
 def decision_events(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
     """A decision's events as (name, data) for `emit_case_events`: the case's facts, the event's
     fields and, for an event that moves the case, its status, tier and station after it."""
@@ -319,6 +323,8 @@ def decision_events(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = []
     for event in decision.events:
         data = {**common, **event.fields}
+        if event.name in _CARRY_RESOLVE_BY:
+            data["resolve_by"] = decision.state.resolve_by
         status = STATUS_AFTER[event.name]
         if status is not None:
             data |= {"status": status.value, "tier": event.tier, "station_id": event.station_id}

@@ -169,6 +169,21 @@ def test_the_wait_is_counted_up_to_the_moment_the_push_is_sent() -> None:
     assert later is not None and "已等待 35 分钟" in later.zh
 
 
+def test_escalated_and_queued_pushes_say_by_when_the_case_must_be_resolved() -> None:
+    resolve_by = "2024-06-10T02:00:00+00:00"
+    zh, en = deadline_text(resolve_by)
+
+    escalated = _text(ESCALATED, {**ESCALATED_DATA, "resolve_by": resolve_by})
+    queued = _text(QUEUED, {**QUEUED_DATA, "resolve_by": resolve_by})
+
+    assert en == BEIJING_JUNE_10
+    assert escalated.zh.endswith(f"请尽快指派，须于 {zh} 前办结")
+    assert escalated.en.endswith(f"please assign (to be resolved by {en})")
+    assert queued.zh.endswith(f"等待指派，须于 {zh} 前办结")
+    assert queued.en.endswith(f"waiting at M-3604 (to be resolved by {en})")
+    assert escalated.deadline == queued.deadline == resolve_by
+
+
 def test_queued_case_names_where_it_waits_and_for_how_long() -> None:
     text = _text(QUEUED, QUEUED_DATA, waiting=timedelta(minutes=25))
 

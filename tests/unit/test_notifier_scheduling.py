@@ -40,6 +40,14 @@ def beijing(day: int, hour: int, minute: int = 0, second: int = 0) -> datetime:
 NOW = beijing(3, 10, 3, 27)
 
 
+RESOLVE_BY = {
+    "critical": "2024-06-06T06:00:00+00:00",
+    "low": "2024-07-03T06:00:00+00:00",
+    "medium": "2024-06-17T06:00:00+00:00",
+    "high": "2024-06-10T06:00:00+00:00",
+}
+
+
 def _job(
     case_id: str = "c-1",
     *,
@@ -61,6 +69,7 @@ def _job(
         "resident_ref": "rr-9c1f0e7a",
         "from_tier": "township",
         "reason": "no_capacity",
+        "resolve_by": RESOLVE_BY[risk],
     }
     [job] = plan_jobs(
         ESCALATED, data, f"event-{case_id}", [Recipient(recipient, "user", list(channels))], now=now, noise=noise
@@ -332,8 +341,9 @@ def test_a_group_of_several_jobs_becomes_one_digest_push() -> None:
     assert (push.recipient, push.channel, push.purpose) == ("s-0007", HOOK, "escalation")
     assert push.body["count"] == 3
     assert [item["case_id"] for item in push.body["items"]] == ["c-high", "c-medium", "c-low"]  # most urgent first
+    assert [item["deadline"] for item in push.body["items"]] == [RESOLVE_BY[r] for r in ("high", "medium", "low")]
     assert push.body["risk_level"] == "high"
-    assert push.body["deadline"] is None
+    assert push.body["deadline"] is None  # the cases' deadlines differ: each item has its own
 
 
 def test_a_digest_lists_the_most_urgent_first() -> None:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from services.router.domain import CaseFacts, Network, Station, Worker, find_placement
+from services.router.handlers import decision_events
 from services.router.lifecycle import Context, admit
 from services.router.policy import default_policy
 from services.shared.consuming import event_type_header
@@ -61,3 +62,17 @@ def test_the_event_type_header_is_read_without_parsing_the_body() -> None:
     assert event_type_header(with_header) == "caselink.case.assigned.v1"
     assert event_type_header(without) is None
     assert event_type_header(SimpleNamespace(headers=None)) is None
+
+
+def test_a_case_that_moves_up_or_waits_tells_by_when_it_must_be_resolved() -> None:
+    facts = CaseFacts("case-1", "V11", "elderly_care", "medium", "r-1")
+    policy = default_policy()
+    up = admit(facts, Context(policy, Network(STATIONS, [worker("c", "C")]), NOW), received_at=NOW)
+    nobody = admit(facts, Context(policy, Network(STATIONS, []), NOW), received_at=NOW)
+    resolve_by = NOW + policy.sla["medium"].resolve
+
+    moved_up = {name: data.get("resolve_by") for name, data in decision_events(up)}
+    waiting = {name: data.get("resolve_by") for name, data in decision_events(nobody)}
+
+    assert moved_up == {"routed": resolve_by, "escalated": resolve_by, "assigned": None}
+    assert waiting == {"routed": resolve_by, "escalated": resolve_by, "queued": resolve_by}
