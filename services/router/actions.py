@@ -74,6 +74,11 @@ def _worker_action(state: CaseState, command: CaseCommand, ctx: Context) -> Deci
     if command.action == "decline":
         return offer_ended(state, ctx, how="declined", reason=(command.reason or "").strip())
     if command.action == "accept":
+        holder = ctx.network.worker(str(worker))
+        if holder is None or not holder.on_duty:
+            # The router's next sweep withdraws the offer and makes it to someone on duty.
+            why = "is off duty" if holder is not None else "is no longer a worker here"
+            raise CommandRefused("conflict", f"worker {worker} {why}: the offer goes to someone else")
         accepted = replace(state, status="accepted", accept_by=None, accept_warn_at=None)
         return Decision(
             accepted, (Emit("accepted", *here, {"worker_id": worker}),), ended_offer=(str(worker), "accepted")

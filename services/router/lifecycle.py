@@ -282,7 +282,7 @@ def offer_ended(state: CaseState, ctx: Context, *, how: OfferEnd, reason: str | 
     once `offers_per_tier` offers were made here (CONTRACT §6)."""
     worker = state.assignee_id
     assert worker is not None and state.status == "offered", "only an outstanding offer can end"
-    fields: dict[str, Any] = {"worker_id": worker} | ({"reason": reason} if how == "declined" else {})
+    fields: dict[str, Any] = {"worker_id": worker} | ({"reason": reason} if reason is not None else {})
     ended = Emit(how, state.tier, state.station_id, fields)
     waiting = replace(
         state,
@@ -304,6 +304,20 @@ def offer_ended(state: CaseState, ctx: Context, *, how: OfferEnd, reason: str | 
     raised = replace(waiting, floor_station_id=parent.id, tier=parent.tier, station_id=parent.id)
     placed, events, offer = place(raised, parent, ctx)
     return Decision(placed, (ended, up, *events), release=worker, offer=offer, ended_offer=record)
+
+
+def withdraw_unavailable_offer(state: CaseState, ctx: Context) -> Decision | None:
+    """End an offer whose worker went off duty or is no longer a worker (CONTRACT §6: a case never
+    goes to a worker who is off duty): `offer_expired` saying why, then on as for a lapsed offer.
+    None if the offer still stands."""
+    if state.status != "offered" or state.assignee_id is None:
+        return None
+    worker = ctx.network.worker(state.assignee_id)
+    if worker is not None and worker.on_duty:
+        return None
+    why = "the worker went off duty" if worker is not None else "the worker is no longer a worker here"
+    decision = offer_ended(state, ctx, how="offer_expired", reason=why)
+    return replace(decision, ended_offer=(state.assignee_id, "withdrawn"))
 
 
 def fire_due(state: CaseState, ctx: Context) -> Decision | None:

@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 from functools import partial
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.router import tables
 from services.router.handlers import NetworkCache, decide_and_apply, lock_case, state_from_row
-from services.router.lifecycle import CaseState, Context, fire_due, offer_queued
+from services.router.lifecycle import CaseState, Context, fire_due, offer_queued, withdraw_unavailable_offer
 from services.router.policy import Policy
 from services.shared.db import is_transient_db_error, most_urgent_first, retry_conflicts, transaction
 from services.shared.logging import get_logger
@@ -27,6 +27,12 @@ log = get_logger(__name__)
 
 # Most urgent first: risk, then the longest wait.
 _URGENCY = most_urgent_first(tables.cases.c.risk_level)
+# Workers holding something (an offer among it, maybe) who may no longer be offered a case: off duty,
+# another role now, or gone. A few rows of worker_load, so this is cheap to ask at every tick.
+_UNAVAILABLE_HOLDERS = text(
+    "SELECT l.worker_id FROM router.worker_load l LEFT JOIN shared.users u ON u.id = l.worker_id "
+    "WHERE l.load > 0 AND (u.id IS NULL OR u.role <> 'worker' OR NOT u.on_duty OR u.station_id IS NULL)"
+)
 
 
 class DeadlineSweep:
@@ -46,6 +52,7 @@ class DeadlineSweep:
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
         self.fired = 0
+        self.withdrawn = 0
         self.offered_from_queue = 0
 
     async def start(self) -> None:
@@ -75,6 +82,7 @@ class DeadlineSweep:
         networks = NetworkCache()
         while await retry_conflicts(lambda: self._fire_next(networks), what="router.sweep"):
             pass
+        await self._withdraw_unavailable_offers(networks)
         await self._offer_queued(networks)
 
     async def _fire_next(self, networks: NetworkCache) -> bool:
@@ -115,6 +123,44 @@ class DeadlineSweep:
                     "router.deadline_fired", case_id=state.facts.case_id, events=[e.name for e in decision.events]
                 )
             return True
+
+    async def _withdraw_unavailable_offers(self, networks: NetworkCache) -> None:
+        # Every tick: the directory may change at any time (`network load`, or by hand), and an
+        # offer a batch made from a snapshot taken just before such a change is caught here too.
+        cases = tables.cases.c
+        async with self._sessions() as session:
+            holders = list((await session.execute(_UNAVAILABLE_HOLDERS)).scalars())
+            if not holders:
+                return
+            offered = (
+                await session.execute(
+                    select(cases.case_id)
+                    .where(cases.status == "offered", cases.assignee_id.in_(holders))
+                    .order_by(_URGENCY, cases.case_id)
+                    .limit(self._batch)
+                )
+            ).scalars()
+            case_ids = list(offered)
+        for case_id in case_ids:
+            if await retry_conflicts(partial(self._withdraw_one, case_id, networks), what="router.sweep"):
+                self.withdrawn += 1
+
+    async def _withdraw_one(self, case_id: str, networks: NetworkCache) -> bool:
+        async with transaction(self._sessions) as session:
+            state: CaseState | None = await lock_case(session, case_id, skip_locked=True)
+            if state is None or state.status != "offered":
+                return False
+            decision = await decide_and_apply(
+                session,
+                state,
+                lambda ctx: withdraw_unavailable_offer(state, ctx),
+                policy=self._policy,
+                resident_ref=state.facts.resident_ref,
+                networks=networks,
+            )
+            if decision is not None:
+                log.info("router.offer_withdrawn", case_id=case_id, events=[e.name for e in decision.events])
+            return decision is not None
 
     async def _offer_queued(self, networks: NetworkCache) -> None:
         # Every tick, not only after a visible change: a release committed by another router

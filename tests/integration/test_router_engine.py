@@ -52,6 +52,7 @@ QUEUE = "disability_support"
 RESOLVE = "mental_health"
 DECLINE = "livelihood"
 MANUAL = "family_support"
+WITHDRAW = "medical_social_work"
 UNRELATED = "resource_linkage"  # a specialty no scenario asks for
 
 
@@ -59,7 +60,7 @@ def build_network() -> tuple[NetworkBuilder, dict[str, Subtree]]:
     net = NetworkBuilder()
     net.station(CITY, "city")
     net.system_user(SYSTEM_USER)
-    trees = {name: net.subtree(name, city=CITY) for name in ("EX", "LA", "QU", "RS", "DE", "MA")}
+    trees = {name: net.subtree(name, city=CITY) for name in ("EX", "LA", "QU", "RS", "DE", "MA", "WD")}
 
     net.worker("ex-t1", "T-EX-1", [EXPIRY])
     net.worker("ex-t2", "T-EX-1", [EXPIRY])
@@ -84,6 +85,9 @@ def build_network() -> tuple[NetworkBuilder, dict[str, Subtree]]:
     net.worker("ma-c1", "C-MA", [MANUAL])
     net.worker("ma-c2", "C-MA", [MANUAL])
     net.supervisor("ma-sup", "C-MA")
+
+    net.worker("wd-t1", "T-WD-1", [WITHDRAW])
+    net.worker("wd-t2", "T-WD-1", [WITHDRAW])
     return net, trees
 
 
@@ -262,6 +266,31 @@ async def test_decline_frees_load_and_falls_through(harness: RouterHarness, tree
     assert (escalated["reason"], escalated["tier"], escalated["station_id"]) == ("declined", "county", "C-DE")
     assert offers[2]["data"]["worker_id"] == "de-c1"
     assert (await harness.load_of(first), await harness.load_of(second), await harness.load_of("de-c1")) == (0, 0, 1)
+    assert_gap_free(harness, case)
+    await assert_load_invariant(harness)
+
+
+async def test_an_offer_to_a_worker_who_goes_off_duty_moves_on_without_waiting_for_its_deadline(
+    harness: RouterHarness, trees: dict[str, Subtree]
+) -> None:
+    case = await harness.submit_case(trees["WD"].room(), WITHDRAW, "medium")
+    first = (await harness.events.wait_for_count(case, "assigned", 1, within=15))[0]["data"]["worker_id"]
+    second = ({"wd-t1", "wd-t2"} - {first}).pop()
+
+    harness.network.set_on_duty(first, False)
+    await harness.load_network()
+    off_duty_at = time.monotonic()
+    late = await harness.command(case, "accept", first)  # before or after the sweep: refused either way
+
+    offers = await harness.events.wait_for_count(case, "assigned", 2, within=10)
+    waited = time.monotonic() - off_duty_at
+    assert late["outcome"] in ("conflict", "forbidden"), late
+    assert waited < 5.0, f"the offer to the off-duty worker stood {waited:.1f}s (its deadline is an hour away)"
+    withdrawn = harness.events.named(case, "offer_expired")[0]["data"]
+    assert (withdrawn["worker_id"], withdrawn["reason"]) == (first, "the worker went off duty"), explain(harness, case)
+    assert offers[1]["data"]["worker_id"] == second, explain(harness, case)
+    assert main_path(harness.events.of(case)) == ["received", "routed", "assigned", "offer_expired", "assigned"]
+    assert (await harness.load_of(first), await harness.load_of(second)) == (0, 1)
     assert_gap_free(harness, case)
     await assert_load_invariant(harness)
 

@@ -116,6 +116,20 @@ def test_offered_worker_accepts_and_the_offer_is_recorded_as_accepted() -> None:
     assert state.next_due_at == state.resolve_warn_at
 
 
+def test_a_worker_who_went_off_duty_cannot_accept_the_offer_they_still_hold() -> None:
+    off_duty = network(worker("w-1", "T1", load=1, on_duty=False), worker("w-2", "T1", load=3))
+    without_w1 = network(worker("w-2", "T1", load=3))
+
+    with pytest.raises(CommandRefused) as refused:
+        decide(offered(), "accept", W1, off_duty)
+    assert (refused.value.outcome, str(refused.value)) == (
+        "conflict",
+        "worker w-1 is off duty: the offer goes to someone else",
+    )
+    assert refusal(offered(), "accept", W1, without_w1) == "conflict"
+    assert names(decide(offered(), "decline", W1, off_duty, reason="on leave")) == ["declined", "assigned"]
+
+
 @pytest.mark.parametrize("actor", [W2, supervisor("T1"), None], ids=["other-worker", "supervisor", "unknown-user"])
 @pytest.mark.parametrize("action", ["accept", "decline"])
 def test_only_the_offered_worker_may_answer_the_offer(action: CommandAction, actor: Actor | None) -> None:
@@ -286,7 +300,8 @@ PROTECTION = network(
 
 
 def at_county() -> CaseState:
-    state = decide(admitted(PROTECTION, case("child_protection", "high")), "accept", Actor("c-1", "worker", "C")).state
+    offered_to_c1 = admitted(PROTECTION, case("child_protection", "high"))
+    state = decide(offered_to_c1, "accept", Actor("c-1", "worker", "C"), PROTECTION).state
     assert (state.station_id, state.assignee_id) == ("C", "c-1")
     return state
 

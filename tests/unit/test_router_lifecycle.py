@@ -19,6 +19,7 @@ from services.router.lifecycle import (
     offer_ended,
     offer_queued,
     place,
+    withdraw_unavailable_offer,
 )
 from services.router.policy import Policy, default_policy, parse_policy
 
@@ -216,6 +217,37 @@ def test_placing_from_a_station_explains_why_it_moved_up_once_with_the_offer() -
     assert [s["station_id"] for s in explanation["stations"]] == ["T1", "T2", "C", "M"]
     assert (explanation["rule"], explanation["policy_version"]) == (state.rule, default_policy().version)
     assert offer is not None and (offer.worker_id, placed.station_id, placed.tier) == ("w-city", "M", "city")
+
+
+# --- withdraw_unavailable_offer: the worker went off duty or away ------------------------------
+
+
+def test_an_offer_held_by_a_worker_who_went_off_duty_goes_to_the_next_worker_at_once() -> None:
+    off_duty = network(worker("w-1", "T1", load=1, on_duty=False), worker("w-2", "T1", load=3))
+
+    decision = withdraw_unavailable_offer(offered_to_w1(), context(off_duty))
+
+    assert decision is not None and names(decision) == ["offer_expired", "assigned"]
+    assert decision.events[0].fields == {"worker_id": "w-1", "reason": "the worker went off duty"}
+    assert decision.events[1].fields["worker_id"] == "w-2"
+    assert (decision.release, decision.ended_offer) == ("w-1", ("w-1", "withdrawn"))
+    assert decision.state.passed_over == frozenset({"w-1"})
+
+
+def test_an_offer_held_by_someone_no_longer_a_worker_is_withdrawn_too() -> None:
+    without_w1 = network(worker("w-2", "T1", load=3))
+
+    decision = withdraw_unavailable_offer(offered_to_w1(), context(without_w1))
+
+    assert decision is not None and names(decision) == ["offer_expired", "assigned"]
+    assert decision.events[0].fields["reason"] == "the worker is no longer a worker here"
+
+
+def test_an_offer_to_a_worker_on_duty_stands() -> None:
+    state = offered_to_w1()
+
+    assert withdraw_unavailable_offer(state, context(TOWNSHIP_PAIR)) is None
+    assert withdraw_unavailable_offer(replace(state, status="accepted"), context(network())) is None
 
 
 # --- offer_ended: expiry and decline ---------------------------------------------------------
