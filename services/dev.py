@@ -17,28 +17,51 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.shared.embedded import EmbeddedInfrastructure, add_tansu_env, die_with_parent, start_infrastructure
 from services.shared.logging import get_logger
 from services.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.shared.network import NetworkFile
 
 log = get_logger(__name__)
 SERVICES = ("intake", "router", "notifier")
 READY_TIMEOUT = 60.0
 
 
+def _read_files(settings: Settings, args: argparse.Namespace) -> NetworkFile | None:
+    """The --network file, and a check of the routing policy the router will load, before anything
+    starts: a bad file exits with its problems, not with a service's traceback."""
+    from services.router.policy import PolicyError, load_policy
+    from services.shared.network import NetworkFileError, load_network_file
+
+    policy = args.policy or settings.policy
+    if policy is not None:
+        try:
+            load_policy(policy)
+        except PolicyError as exc:
+            raise SystemExit(f"{policy}: policy rejected:\n{exc}") from None
+    if args.network is None:
+        return None
+    try:
+        return load_network_file(args.network)
+    except NetworkFileError as exc:
+        raise SystemExit(f"network file rejected:\n{exc}") from None
+
+
 async def _prepare(
-    settings: Settings, infra: EmbeddedInfrastructure, args: argparse.Namespace, base_url: str
+    settings: Settings, infra: EmbeddedInfrastructure, network: NetworkFile | None, base_url: str
 ) -> dict[str, str]:
-    """Migrate, create topics, load the network, and issue the demo tokens."""
+    """Migrate, create topics, load the network (the demo one unless given), and issue the demo tokens."""
     from services.shared.db import create_engine, session_factory, transaction
     from services.shared.demo import DEMO_USERS, demo_network
     from services.shared.directory import create_token, load_network
     from services.shared.kafka import create_topics
     from services.shared.migrate import upgrade_async
-    from services.shared.network import load_network_file
 
-    network = load_network_file(args.network) if args.network else demo_network(f"{base_url}/dev/inbox")
+    network = network or demo_network(f"{base_url}/dev/inbox")
     await upgrade_async(infra.database_url)
     await create_topics(settings, infra.kafka_bootstrap)
     engine = create_engine(settings, url=infra.database_url)
@@ -144,6 +167,7 @@ def _banner(http: str, tokens: dict[str, str], endpoints_file: Path, started: fl
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Start infrastructure and all services; block until Ctrl-C or a service dies."""
     started = time.monotonic()
+    network = _read_files(settings, args)
     args.host = args.host or settings.http_host
     args.port = args.port or settings.http_port
     data_dir: Path = args.data_dir.resolve()
@@ -161,7 +185,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     infra = start_infrastructure(data_dir, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        tokens = asyncio.run(_prepare(settings, infra, args, http))
+        tokens = asyncio.run(_prepare(settings, infra, network, http))
         processes = _start_services(_service_env(settings, infra, args), data_dir)
         _wait_ready(processes, data_dir, http)
         endpoints = {"http": http, "kafka_bootstrap": infra.kafka_bootstrap, "database_url": infra.database_url}

@@ -199,3 +199,27 @@ def test_a_command_without_its_verb_is_refused(capsys: pytest.CaptureFixture[str
 
     assert caught.value.code == 2
     assert "required" in capsys.readouterr().err
+
+
+def test_dev_with_a_broken_policy_exits_with_its_problems_before_starting_anything(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY.read_text(encoding="utf-8").replace("tier: county", "tier: galaxy", 1))
+
+    message = _exit_message(["dev", "--data-dir", str(tmp_path / "dev"), "--policy", str(policy)])
+
+    assert message.splitlines()[0] == f"{policy}: policy rejected:"
+    assert "rules[0] (protect-serious).tier: unknown tier 'galaxy'" in message
+    assert not (tmp_path / "dev").exists()  # no database, broker or service was started
+
+
+def test_dev_with_a_broken_network_file_exits_with_its_problems_before_starting_anything(tmp_path: Path) -> None:
+    network = tmp_path / "network.yaml"
+    network.write_text(VALID_NETWORK.replace('parent: "C-360402"', 'parent: "C-999999"'), encoding="utf-8")
+
+    message = _exit_message(["dev", "--data-dir", str(tmp_path / "dev"), "--network", str(network)])
+
+    assert message.splitlines() == [
+        "network file rejected:",
+        f"{network}: stations[1] (T-360402101).parent: unknown station 'C-999999'",
+    ]
+    assert not (tmp_path / "dev").exists()
