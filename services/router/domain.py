@@ -447,7 +447,9 @@ def explain_placement(need: Need, placement: Placement) -> dict[str, Any]:
     best = placement.best
     return {
         "need": {"specialty": need.specialty, "certification": need.certification, "weight": need.weight},
-        "candidates_considered": sum(search.considered for search in placement.searches),
+        # Every worker looked at, filtered out or not; the event's `candidates_considered` counts the
+        # eligible ones the winner was ranked among.
+        "workers_looked_at": sum(search.considered for search in placement.searches),
         # A sibling searched beside the one placed at is summed up by its counts: a pooled search
         # looks at every sibling, and naming each one's workers would multiply the event's size.
         "stations": [

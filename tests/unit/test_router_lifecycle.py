@@ -152,7 +152,7 @@ def test_assigned_event_explains_every_worker_filtered_out_and_the_winners_score
     assert (fields["worker_id"], fields["accept_by"], fields["score"]) == ("w-b", NOW + ACCEPT, 0.1)
     assert fields["candidates_considered"] == 2
     explanation = fields["explanation"]
-    assert (explanation["rule"], explanation["policy_version"], explanation["candidates_considered"]) == (
+    assert (explanation["rule"], explanation["policy_version"], explanation["workers_looked_at"]) == (
         "default",
         1,
         5,

@@ -554,8 +554,10 @@ function searchSummary(explanation) {
       weight: need.weight,
     })));
   }
-  if (explanation.candidates_considered !== undefined) {
-    parts.push(el("p", {}, t("case.candidates", { n: explanation.candidates_considered })));
+  // Named candidates_considered in events written before it was renamed.
+  const lookedAt = explanation.workers_looked_at ?? explanation.candidates_considered;
+  if (lookedAt !== undefined) {
+    parts.push(el("p", {}, t("case.candidates", { n: lookedAt })));
   }
   const searches = (explanation.stations ?? []).map((station) => {
     const filtered = Object.entries(station.filtered ?? {}).filter(([, n]) => n > 0)

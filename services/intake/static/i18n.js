@@ -174,7 +174,7 @@ const DICTIONARY = {
     "case.last_search": "The latest search for a worker ({event}, {time}):",
     "case.need": "Needs",
     "case.need_value": "specialty {specialty}, certification ≥ {certification}, weight {weight}",
-    "case.candidates": "{n} workers considered",
+    "case.candidates": "{n} workers looked at",
     "case.outcome_assigned": "offered to {worker} ({station})",
     "case.outcome_queued": "queued at {station}",
     "case.manual": "assigned by a supervisor ({by})",
