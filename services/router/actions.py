@@ -165,7 +165,9 @@ def _assign(state: CaseState, command: CaseCommand, scope: Station, ctx: Context
         )
     if worker.load + need.weight > worker.capacity:
         raise CommandRefused(
-            "conflict", f"worker {worker.id} has no capacity left ({worker.load} of {worker.capacity} in use)"
+            "conflict",
+            f"worker {worker.id} has no room for the case: it weighs {need.weight}, "
+            f"and {worker.load} of their capacity {worker.capacity} is in use",
         )
     free, holder, ended = _withdrawn(state)
     station = ctx.network.stations[worker.station_id]

@@ -481,3 +481,14 @@ def test_every_emitted_event_is_a_valid_case_event_that_agrees_with_the_new_stat
 
     last = [emit for emit in decision.events if STATUS_AFTER[emit.name] is not None][-1]
     assert (STATUS_AFTER[last.name], last.tier, last.station_id) == (state.status, state.tier, state.station_id)
+
+
+def test_a_worker_too_full_for_a_heavy_case_is_told_apart_from_one_with_no_room_at_all() -> None:
+    net = network(worker("w-1", "T1", cert="senior"), worker("w-tiny", "T1", cert="senior", capacity=1))
+    heavy = admitted(net, case(risk="high"))  # weighs 2
+
+    with pytest.raises(CommandRefused) as refused:
+        decide(heavy, "assign", supervisor("T1"), net, worker_id="w-tiny")
+
+    message = "worker w-tiny has no room for the case: it weighs 2, and 0 of their capacity 1 is in use"
+    assert str(refused.value) == message
