@@ -129,7 +129,8 @@ class ResolvedData(CaseEventData):
 class ClosedData(CaseEventData):
     """A supervisor closed the case."""
 
-    worker_id: str | None = None
+    worker_id: str | None = Field(default=None, description="the worker who held the case, if anyone did")
+    closed_by: str | None = Field(default=None, description="the supervisor who closed it")
 
 
 class SlaWarningData(CaseEventData):

@@ -47,7 +47,7 @@ def decide_command(state: CaseState, command: CaseCommand, actor: Actor | None, 
         return _worker_action(state, command, ctx)
     scope = _require_supervisor(state, actor, command.action, ctx)
     if command.action == "close":
-        return _close(state)
+        return _close(state, closed_by=str(command.actor_id))
     if command.action == "escalate":
         return _escalate(state, ctx)
     if command.action == "refer_back":
@@ -97,11 +97,11 @@ def _withdrawn(state: CaseState) -> tuple[CaseState, str | None, tuple[str, str]
     return free, holder, ended
 
 
-def _close(state: CaseState) -> Decision:
+def _close(state: CaseState, *, closed_by: str) -> Decision:
     holder = state.assignee_id if state.status in HOLDING else None
     ended = (holder, "withdrawn") if holder is not None and state.status == "offered" else None
     closed = replace(state, status="closed", accept_by=None, accept_warn_at=None)
-    event = Emit("closed", state.tier, state.station_id, {"worker_id": state.assignee_id})
+    event = Emit("closed", state.tier, state.station_id, {"worker_id": state.assignee_id, "closed_by": closed_by})
     return Decision(closed, (event,), release=holder, ended_offer=ended)
 
 

@@ -197,7 +197,8 @@ def test_supervisor_of_the_case_station_or_above_closes_it_and_frees_the_load(st
 
     assert names(decision) == ["closed"]
     closed = decision.events[0]
-    assert (closed.tier, closed.station_id, closed.fields) == ("township", "T1", {"worker_id": "w-1"})
+    fields = {"worker_id": "w-1", "closed_by": f"sup-{station}"}
+    assert (closed.tier, closed.station_id, closed.fields) == ("township", "T1", fields)
     assert (decision.state.status, decision.release, decision.ended_offer) == ("closed", "w-1", None)
     assert decision.state.next_due_at is None
 
