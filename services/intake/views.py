@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import case, func, select
 
+from schemas.referral import FieldError
 from services.intake import tables
 from services.intake.access import (
     CurrentUser,
@@ -104,7 +105,10 @@ async def me(user: CurrentUser) -> Me:
 
 
 @router.get(
-    "/v1/escalations", response_model=EscalationPage, tags=["supervisors"], responses=error_responses(401, 403, 422)
+    "/v1/escalations",
+    response_model=EscalationPage,
+    tags=["supervisors"],
+    responses=error_responses(401, 403, 404, 422),
 )
 async def escalations(
     request: Request,
@@ -118,6 +122,10 @@ async def escalations(
     station = station_id or require_supervisor(user)
     cases = tables.cases.c
     async with sessions_of(request)() as session:
+        if station_id is not None and await get_station(session, station_id) is None:
+            raise ApiError(
+                404, f"no station '{station_id}'", fields=[FieldError(field="station_id", message="unknown")]
+            )
         await require_in_scope(session, user, station)
         where = [cases.escalation_station_id.in_(await subtree(session, station)), cases.escalation_reason.is_not(None)]
         if status == "open":

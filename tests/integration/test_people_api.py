@@ -564,6 +564,14 @@ async def test_the_escalation_queue_is_for_supervisors_of_the_station_or_above(
     assert_error(await api.get("/v1/escalations", user=user, params=params), 403, "forbidden")
 
 
+async def test_the_escalation_queue_of_an_unknown_station_is_not_found_as_a_workload_would_be(api: Api) -> None:
+    answer = await api.get("/v1/escalations", user=CITY_SUPERVISOR, params={"station_id": "T-NOPE"})
+
+    assert assert_error(answer, 404, "not_found")["message"] == "no station 'T-NOPE'"
+    assert error_fields(answer) == {"station_id"}
+    assert_error(await api.get("/v1/stations/T-NOPE/workload", user=CITY_SUPERVISOR), 404, "not_found")
+
+
 async def test_the_escalation_queue_refuses_an_unknown_status_and_needs_a_token(api: Api) -> None:
     answer = await api.get("/v1/escalations", user=CITY_SUPERVISOR, params={"status": "pending"})
     assert_error(answer, 422)
