@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, text
@@ -59,7 +60,7 @@ _SERVED_BEFORE = text(
     "WHERE resident_ref = ANY(CAST(:refs AS text[])) AND (outcome IS NULL OR outcome = 'accepted')"
 )
 _RESERVE = text(
-    "UPDATE router.worker_load wl SET load = wl.load + r.weight, updated_at = now() "
+    "UPDATE router.worker_load wl SET load = wl.load + r.weight, idle_since = now(), updated_at = now() "
     "FROM unnest(CAST(:ids AS text[]), CAST(:weights AS integer[])) AS r(worker_id, weight), shared.users u "
     "WHERE wl.worker_id = r.worker_id AND u.id = wl.worker_id AND u.on_duty AND wl.load + r.weight <= u.capacity "
     "RETURNING wl.worker_id"
@@ -110,14 +111,15 @@ class LiveNetwork:
         self._transaction = transaction
         return self._network
 
-    def add_load(self, worker_id: str, weight: int) -> Network:
-        """The snapshot with `weight` more on the worker (an offer this batch made)."""
+    def add_load(self, worker_id: str, weight: int, *, at: datetime) -> Network:
+        """The snapshot with `weight` more on the worker (an offer this batch made at `at`), who is
+        then the most recently busy, as the reservation will record."""
         assert self._network is not None, "refresh() first"
         worker = self._network.worker(worker_id)
         assert self._transaction is not None
         self._touched.setdefault(self._transaction, set()).add(worker_id)
         if worker is not None:
-            self._network.update_loads_in_place({worker_id: (worker.load + weight, worker.idle_since)})
+            self._network.update_loads_in_place({worker_id: (worker.load + weight, at)})
         return self._network
 
     async def get(self, session: AsyncSession) -> Network:
@@ -187,7 +189,7 @@ def _decide(
         if (offer := decision.offer) is not None:
             reservations[offer.worker_id] += offer.weight
             served.setdefault(facts.resident_ref, set()).add(offer.worker_id)
-            network = live.add_load(offer.worker_id, offer.weight)
+            network = live.add_load(offer.worker_id, offer.weight, at=ctx.now)
         placed.append((event, decision))
     return placed, reservations
 

@@ -89,14 +89,15 @@ async def served_before(session: AsyncSession, resident_ref: str) -> frozenset[s
 
 
 async def reserve_capacity(session: AsyncSession, assignment: Assignment) -> bool:
-    """Add the case's weight to the worker's load if they are still on duty and it still fits.
+    """Add the case's weight to the worker's load if they are still on duty and it still fits; they
+    become the most recently busy (the last among equals, CONTRACT §6's "idle longest").
 
     The conditional UPDATE is atomic under the row lock, so two routers can never both fill the
     last slot, and a worker taken off duty in between is never offered the case.
     """
     reserved = await session.execute(
         text(
-            "UPDATE router.worker_load wl SET load = wl.load + :weight, updated_at = now() "
+            "UPDATE router.worker_load wl SET load = wl.load + :weight, idle_since = now(), updated_at = now() "
             "FROM shared.users u WHERE wl.worker_id = :worker AND u.id = wl.worker_id "
             "AND u.on_duty AND wl.load + :weight <= u.capacity RETURNING wl.load"
         ),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import asyncpg
@@ -159,7 +159,7 @@ async def test_a_rolled_back_add_load_is_undone_by_the_next_transaction(
 ) -> None:
     async with sessions() as session, session.begin() as t1:
         await live.refresh(session)
-        assert loads(live.add_load("w1", 2))["w1"] == BASE_LOAD + 2
+        assert loads(live.add_load("w1", 2, at=datetime.now(UTC)))["w1"] == BASE_LOAD + 2
         await t1.rollback()  # the offer was never reserved
     reread.clear()
     assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
@@ -367,3 +367,31 @@ async def test_a_transaction_waits_only_briefly_for_a_worker_before_one_it_holds
         assert held == {"w1", "w3"}
         # The brief wait is that statement's: the transaction's others wait as long as it takes.
         assert (await session.execute(text("SHOW lock_timeout"))).scalar_one() == "0"
+
+
+async def test_among_equally_loaded_workers_the_one_offered_a_case_last_goes_last(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
+) -> None:
+    """CONTRACT §6's last tie-break, the one idle longest: an offer makes its worker the most
+    recently busy, as a finished case does, so equals take turns (w1 and w2; the others are full)."""
+    async with transaction(sessions) as session:  # as if no one had ever held a case
+        await session.execute(text("UPDATE router.worker_load SET idle_since = NULL"))
+        await session.execute(text("UPDATE router.worker_load SET load = 9 WHERE worker_id NOT IN ('w1', 'w2')"))
+    await refresh(sessions, live)
+
+    async def route(n: int, resident: str) -> str | None:
+        case = await received(sessions, n)
+        case = case.model_copy(update={"data": case.data.model_copy(update={"resident_ref": resident})})
+        async with transaction(sessions) as session:
+            [decision] = await batch.route_received_batch(session, [case], policy=default_policy(), live=live)
+        return decision.offer.worker_id if decision.offer else None
+
+    offered = [
+        await route(0, "r-a"),  # w1 and w2 never had a case: w1 by id
+        await route(1, "r-b"),  # w2: less loaded
+        await route(2, "r-b"),  # equals: w2 served r-b before
+        await route(3, "r-d"),  # w1: less loaded
+        await route(4, "r-e"),  # equals: w2 was offered a case before w1 was
+    ]
+
+    assert offered == ["w1", "w2", "w2", "w1", "w2"]
