@@ -31,6 +31,7 @@ from services.intake.errors import ApiError, error_responses
 from services.intake.handlers import Accepted
 from services.intake.referral_batch import Forbidden, HttpSubmission, Refusal, Unauthorized, submission_refusal
 from services.shared.db import is_transient_db_error, transaction
+from services.shared.time import rfc3339
 
 REFERRALS = Counter("caselink_referrals_total", "Referrals received over HTTP", ["outcome"])
 
@@ -159,10 +160,10 @@ async def get_case(request: Request, case_id: CaseId, user: CurrentUser) -> dict
             "risk_level": case.risk_level,
             "assignee_id": case.assignee_id,
             "deadlines": {
-                "accept_by": case.accept_by.isoformat() if case.accept_by else None,
+                "accept_by": rfc3339(case.accept_by) if case.accept_by else None,
                 "resolve_by": _latest(events, "resolve_by"),
             },
-            "received_at": case.received_at.isoformat(),
+            "received_at": rfc3339(case.received_at),
             "explanation": _latest(events, "explanation"),
             "timeline": events,
         }

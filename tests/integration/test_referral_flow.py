@@ -275,6 +275,10 @@ async def test_case_read_model_shows_status_and_timeline(
             await _sleep(0.1)
     assert case["status"] == "offered" and case["assignee_id"]
     assert [e["data"]["sequence"] for e in case["timeline"]] == list(range(1, len(case["timeline"]) + 1))
+    # Times are written as the events write them, so a client can compare them as strings.
+    assigned = next(e["data"] for e in case["timeline"] if e["type"] == "caselink.case.assigned.v1")
+    assert case["deadlines"]["accept_by"] == assigned["accept_by"] and assigned["accept_by"].endswith("Z")
+    assert case["received_at"].endswith("Z") and case["deadlines"]["resolve_by"].endswith("Z")
     assert_no_personal_data(json.dumps(case, ensure_ascii=False))
 
 
