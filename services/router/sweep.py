@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from functools import partial
 
 from sqlalchemy import select, text
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.router import tables
 from services.router.handlers import NetworkCache, decide_and_apply, lock_case, state_from_row
-from services.router.lifecycle import CaseState, Context, fire_due, offer_queued, withdraw_unavailable_offer
+from services.router.lifecycle import CaseState, Context, Decision, fire_due, offer_queued, withdraw_unavailable_offer
 from services.router.policy import Policy
 from services.shared.db import is_transient_db_error, most_urgent_first, retry_conflicts, transaction
 from services.shared.logging import get_logger
@@ -142,25 +143,10 @@ class DeadlineSweep:
             ).scalars()
             case_ids = list(offered)
         for case_id in case_ids:
-            if await retry_conflicts(partial(self._withdraw_one, case_id, networks), what="router.sweep"):
+            withdraw = partial(self._apply_if, case_id, "offered", withdraw_unavailable_offer, networks)
+            if (decision := await retry_conflicts(withdraw, what="router.sweep")) is not None:
                 self.withdrawn += 1
-
-    async def _withdraw_one(self, case_id: str, networks: NetworkCache) -> bool:
-        async with transaction(self._sessions) as session:
-            state: CaseState | None = await lock_case(session, case_id, skip_locked=True)
-            if state is None or state.status != "offered":
-                return False
-            decision = await decide_and_apply(
-                session,
-                state,
-                lambda ctx: withdraw_unavailable_offer(state, ctx),
-                policy=self._policy,
-                resident_ref=state.facts.resident_ref,
-                networks=networks,
-            )
-            if decision is not None:
                 log.info("router.offer_withdrawn", case_id=case_id, events=[e.name for e in decision.events])
-            return decision is not None
 
     async def _offer_queued(self, networks: NetworkCache) -> None:
         # Every tick, not only after a visible change: a release committed by another router
@@ -188,22 +174,31 @@ class DeadlineSweep:
             # Tried on the snapshot first: only a case that would be placed costs a transaction.
             if offer_queued(state, Context(self._policy, network, utc_now())) is None:
                 continue
-            if await retry_conflicts(partial(self._offer_one, state.facts.case_id, networks), what="router.sweep"):
+            offer = partial(self._apply_if, state.facts.case_id, "queued", offer_queued, networks)
+            if await retry_conflicts(offer, what="router.sweep") is not None:
                 self.offered_from_queue += 1
                 async with self._sessions() as session:
                     network = await networks.get(session)
 
-    async def _offer_one(self, case_id: str, networks: NetworkCache) -> bool:
+    async def _apply_if(
+        self,
+        case_id: str,
+        status: str,
+        decide: Callable[[CaseState, Context], Decision | None],
+        networks: NetworkCache,
+    ) -> Decision | None:
+        """Lock the case (skipped while another replica holds it) and, if it is still `status`,
+        apply `decide` to it in this transaction; None if nothing was done."""
         async with transaction(self._sessions) as session:
             state: CaseState | None = await lock_case(session, case_id, skip_locked=True)
-            if state is None or state.status != "queued":
-                return False
-            decision = await decide_and_apply(
+            if state is None or state.status != status:
+                return None
+            current = state
+            return await decide_and_apply(
                 session,
-                state,
-                lambda ctx: offer_queued(state, ctx),
+                current,
+                lambda ctx: decide(current, ctx),
                 policy=self._policy,
-                resident_ref=state.facts.resident_ref,
+                resident_ref=current.facts.resident_ref,
                 networks=networks,
             )
-            return decision is not None
