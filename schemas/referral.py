@@ -207,6 +207,7 @@ _GENERIC_MESSAGES = {
     "uuid_type": "Input should be a valid UUID",
     "uuid_version": "Input should be a valid UUID",
     "json_invalid": "Invalid JSON",
+    "extra_forbidden": "Unknown field: not part of this document",
 }
 # These list the allowed values, which may contain a short input by coincidence.
 _MESSAGES_LISTING_CHOICES = {"enum", "literal_error"}

@@ -284,8 +284,13 @@ def plan_jobs(
     facts = message_facts(event_type, data, waiting_since)
     if purpose is None or render(facts, now) is None:
         return []
+    deadline = _deadline_of(facts)
+    if event_type in _ABOUT_TO_LAPSE and deadline is not None and deadline <= now:
+        # Read long after it was written (a replay from a DLQ, a notifier down for hours): a task
+        # or a warning about a deadline that has passed helps nobody; the router moved the case on.
+        return []
     risk = str(data.get("risk_level") or "unknown")
-    due_at, batchable = noise.schedule(purpose, risk, now, _deadline_of(facts))
+    due_at, batchable = noise.schedule(purpose, risk, now, deadline)
     jobs: dict[str, Job] = {}
     for recipient in recipients:
         # The caller may list a supervisor both directly and via several lookups.
@@ -310,6 +315,10 @@ def plan_jobs(
     return list(jobs.values())
 
 
+# Pushes that ask for something before a deadline; once it has passed they are not sent at all.
+_ABOUT_TO_LAPSE = frozenset({ASSIGNED, SLA_WARNING})
+
+
 def _deadline_of(facts: dict[str, Any]) -> datetime | None:
     raw = facts.get("accept_by") or facts.get("deadline")
     try:
@@ -328,6 +337,11 @@ def sending_groups(jobs: list[Job]) -> list[list[Job]]:
         )
         groups.setdefault(key, []).append(job)
     return list(groups.values())
+
+
+def _named_deadline(job: Job, now: datetime) -> str | None:
+    text = render(job.facts, now)
+    return text.deadline if text is not None else None
 
 
 def digest_id_for(jobs: list[Job]) -> uuid.UUID:
@@ -369,7 +383,7 @@ def push_for(group: list[Job], now: datetime) -> Push:
             "category": job.category,
             "risk_level": job.risk_level,
             "station_id": job.facts.get("station_id"),
-            "deadline": job.facts.get("resolve_by"),  # as a single escalation push says it
+            "deadline": _named_deadline(job, now),  # the one its push alone would name
         }
         for job in ranked
     ]

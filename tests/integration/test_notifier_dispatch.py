@@ -117,7 +117,8 @@ def case_data(case_id: str, risk: str, **extra: Any) -> dict[str, Any]:
 
 
 def assigned(case_id: str, worker: str, risk: str = "medium") -> CaseEvent:
-    data = case_data(case_id, risk, status="offered", worker_id=worker, accept_by="2026-11-23T02:00:00Z")
+    accept_by = (datetime.now(UTC) + timedelta(hours=3)).isoformat()  # a task is pushed only before it lapses
+    data = case_data(case_id, risk, status="offered", worker_id=worker, accept_by=accept_by)
     return new_event("assigned", source="caselink/router", data={**data, "candidates_considered": 1, "score": 1.0})
 
 

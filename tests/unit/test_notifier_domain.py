@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -365,3 +365,18 @@ def test_digest_bodies_carry_no_resident_data_even_if_the_events_leak_some() -> 
         assert set(digest.body) == BODY_KEYS
         assert {key for item in digest.body["items"] for key in item} <= BODY_KEYS
         _assert_no_resident_data(digest)
+
+
+def test_a_task_or_a_warning_read_after_its_deadline_is_not_pushed_but_a_breach_is() -> None:
+    lapsed = NOW + timedelta(hours=1)  # the offer's accept_by was 30 minutes before
+    warning = _base(deadline="2024-06-03T06:30:00Z", kind="accept", worker_id="w-0001")
+
+    def planned(event_type: str, data: dict[str, Any]) -> int:
+        return len(plan_jobs(event_type, data, EVENT_ID, [WORKER], now=lapsed, noise=AT_ONCE))
+
+    assert (planned(ASSIGNED, ASSIGNED_DATA), planned(SLA_WARNING, warning), planned(SLA_BREACHED, warning)) == (
+        0,
+        0,
+        1,
+    )
+    assert len(_jobs(ASSIGNED, ASSIGNED_DATA, [WORKER])) == 1  # read in time, it is pushed

@@ -392,3 +392,28 @@ def test_held_jobs_of_different_purposes_never_share_a_digest() -> None:
     task = replace(_job("c-2", noise=NIGHT, now=beijing(3, 23)), purpose="task")
     assert escalation.batchable and task.batchable
     assert sorted(len(group) for group in sending_groups([escalation, task])) == [1, 1]
+
+
+def test_a_digest_of_warnings_gives_each_item_the_deadline_its_own_push_would_name() -> None:
+    evening, morning = beijing(3, 23, 30), beijing(4, 7, 0)
+    deadlines = {"c-1": "2024-06-05T02:00:00+00:00", "c-2": "2024-06-06T02:00:00+00:00"}
+    jobs = [
+        job
+        for case_id, deadline in deadlines.items()
+        for job in plan_jobs(
+            "caselink.case.sla_warning.v1",
+            {"case_id": case_id, "status": "accepted", "tier": "township", "station_id": "T-360402101",
+             "category": "elderly_care", "risk_level": "medium", "resident_ref": "rr-1", "sequence": 5,
+             "deadline": deadline, "kind": "resolve"},
+            f"event-{case_id}",
+            [Recipient("s-0007", "user", [HOOK])],
+            now=evening,
+            noise=NIGHT,
+        )
+    ]  # fmt: skip
+    [group] = sending_groups(jobs)
+
+    push = push_for(group, morning)
+
+    assert push.body["count"] == 2
+    assert {item["case_id"]: item["deadline"] for item in push.body["items"]} == deadlines

@@ -198,6 +198,13 @@ def test_unknown_category_names_the_field() -> None:
     assert "housing_repair" not in errors["category"]
 
 
+@pytest.mark.parametrize("value", ["x", "张秘密"])
+def test_an_unknown_field_is_named_as_unknown_whatever_its_value(value: str) -> None:
+    assert errors_of(submission(unexpected_field=value)) == {
+        "unexpected_field": "Unknown field: not part of this document"
+    }
+
+
 def test_blank_summary_is_rejected_after_stripping() -> None:
     assert "summary" in errors_of(submission(summary="   "))
 
