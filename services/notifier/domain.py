@@ -390,7 +390,8 @@ def push_for(group: list[Job], now: datetime) -> Push:
     body = {
         "delivery_id": str(delivery_id),
         "purpose": first.purpose,
-        "case_id": ",".join(job.case_id for job in group),
+        # Each case once, even when several of its events (escalated, then queued) share the digest.
+        "case_id": ",".join(dict.fromkeys(job.case_id for job in ranked)),
         "tier": first.facts.get("tier"),
         "station_id": first.facts.get("station_id"),
         "category": first.category,

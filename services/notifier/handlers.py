@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text, tuple_, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import CaseEventView, CloudEvent, EventSource
@@ -261,16 +261,27 @@ async def claim_due(session: AsyncSession, *, now: datetime, lease_until: dateti
     expiry is what hands a crashed dispatcher's jobs to another.
     """
     jobs = tables.jobs.c
-    due = (
-        select(jobs.id)
-        .where(jobs.status == "pending", jobs.due_at <= now, (jobs.lease_until.is_(None)) | (jobs.lease_until <= now))
+    free = (jobs.status == "pending", jobs.due_at <= now, (jobs.lease_until.is_(None)) | (jobs.lease_until <= now))
+    picked = (
+        select(jobs.id, jobs.recipient, jobs.purpose, jobs.batchable)
+        .where(*free)
         .order_by(jobs.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    # A recipient's batchable jobs due together are one digest (sending_groups): claim the rest of
+    # every digest the limit cut into, or the end of a quiet night sends one person several.
+    digests = select(picked.c.recipient, picked.c.purpose).where(picked.c.batchable)
+    rest_of_digests = (
+        select(jobs.id)
+        .where(*free, jobs.batchable, tuple_(jobs.recipient, jobs.purpose).in_(digests))
+        .with_for_update(skip_locked=True)
+        .cte("rest_of_digests")
     )
     claimed = await session.execute(
         update(tables.jobs)
-        .where(jobs.id.in_(due.scalar_subquery()))
+        .where(jobs.id.in_(union(select(picked.c.id), select(rest_of_digests.c.id))))
         .values(lease_until=lease_until)
         .returning(tables.jobs)
     )

@@ -335,6 +335,23 @@ async def test_low_and_medium_escalations_reach_a_supervisor_as_one_digest_per_w
     assert [str(b["batch_id"]) for b in batches] == [digest["delivery_id"]]
 
 
+async def test_a_claim_cut_short_by_its_limit_still_sends_each_supervisor_one_digest(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)  # 09:03 Beijing: the window closes at 09:10
+    noise = NoisePolicy(digest_minutes=10)
+    await add_user(db, "s-1", "supervisor", receivers["sup"].url)
+    await add_user(db, "s-2", "supervisor", receivers["backup"].url)
+    await store(sessions, db, clock, *(escalated(f"c-{n}", "low") for n in range(6)), noise=noise)
+    clock.advance(minutes=7)
+
+    assert await dispatcher(sessions, http, clock, batch_size=4).run_once() == 12
+
+    for receiver in (receivers["sup"], receivers["backup"]):
+        assert len(receiver.requests) == 1, [r.get("count") for r in map(receiver.json, range(len(receiver.requests)))]
+        assert receiver.json(0)["count"] == 6
+
+
 async def test_quiet_hours_hold_non_critical_pushes_until_morning_but_never_critical_ones(
     sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -417,3 +418,18 @@ def test_a_digest_of_warnings_gives_each_item_the_deadline_its_own_push_would_na
 
     assert push.body["count"] == 2
     assert {item["case_id"]: item["deadline"] for item in push.body["items"]} == deadlines
+
+
+def test_a_digest_names_each_of_its_cases_once_most_urgent_first() -> None:
+    evening, morning = beijing(3, 23, 30), beijing(4, 7, 0)
+    jobs = [
+        _job("c-low", risk="low", noise=NIGHT, now=evening),
+        _job("c-high", risk="high", noise=NIGHT, now=evening),
+        replace(_job("c-low", risk="low", noise=NIGHT, now=evening), id=uuid.uuid4(), event_id="event-c-low-queued"),
+    ]
+    [group] = sending_groups(jobs)
+
+    push = push_for(group, morning)
+
+    assert push.body["case_id"] == "c-high,c-low"
+    assert [item["case_id"] for item in push.body["items"]] == ["c-high", "c-low", "c-low"]
