@@ -8,10 +8,34 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.shared.logging import configure_logging
 from services.shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from services.router.policy import Policy
+    from services.shared.network import NetworkFile
+
+
+def policy_or_exit(path: str | Path) -> Policy:
+    """The routing policy in `path`, or exit with its problems, one per line."""
+    from services.router.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise SystemExit(f"{path}: policy rejected:\n{exc}") from None
+
+
+def network_file_or_exit(path: str | os.PathLike[str], *, defer_outside_stations: bool = False) -> NetworkFile:
+    """The network file in `path` (see `parse_network`), or exit with its problems, one per line."""
+    from services.shared.network import NetworkFileError, load_network_file
+
+    try:
+        return load_network_file(path, defer_outside_stations=defer_outside_stations)
+    except NetworkFileError as exc:
+        raise SystemExit(f"network file rejected:\n{exc}") from None
 
 
 def _run_intake(settings: Settings, args: argparse.Namespace) -> None:
@@ -100,13 +124,10 @@ def _with_session(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> 
 
 def _network_load(settings: Settings, args: argparse.Namespace) -> None:
     from services.shared.directory import load_network
-    from services.shared.network import NetworkFileError, load_network_file
+    from services.shared.network import NetworkFileError
 
-    try:
-        # The file may name stations already in the database without defining them: load_network checks those.
-        network = load_network_file(args.file, defer_outside_stations=True)
-    except NetworkFileError as exc:
-        raise SystemExit(f"network file rejected:\n{exc}") from None
+    # The file may name stations already in the database without defining them: load_network checks those.
+    network = network_file_or_exit(args.file, defer_outside_stations=True)
     try:
         n_stations, n_users = _with_session(settings, lambda session: load_network(session, network))
     except NetworkFileError as exc:
@@ -132,42 +153,29 @@ def _token_revoke(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _policy_check(settings: Settings, args: argparse.Namespace) -> None:
-    from services.router.policy import PolicyError, describe_policy, load_policy
+    from services.router.policy import describe_policy
 
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        raise SystemExit(f"{args.file}: policy rejected:\n{exc}") from None
-    print(describe_policy(policy))
+    print(describe_policy(policy_or_exit(args.file)))
 
 
 def _policy_simulate(settings: Settings, args: argparse.Namespace) -> None:
     import json
 
-    from services.router.policy import Policy, PolicyError, load_policy
+    from services.router.policy import default_policy
     from services.router.simulation import format_report, network_from_file, sample_cases, simulate
-    from services.shared.network import NetworkFileError, load_network_file
     from services.shared.time import utc_now
 
-    def policy_or_exit(path: Path | None) -> Policy:
-        try:
-            if path is not None:
-                return load_policy(path)
-            from services.router.app import active_policy
-
-            return active_policy(settings)
-        except PolicyError as exc:
-            raise SystemExit(f"{path or settings.policy}: policy rejected:\n{exc}") from None
+    def chosen_policy(path: Path | None) -> Policy:
+        # No --against: the policy the router runs (CASELINK_POLICY, else the packaged one).
+        chosen = path or settings.policy
+        return policy_or_exit(chosen) if chosen is not None else default_policy()
 
     if args.cases < 1:
         raise SystemExit(f"--cases must be at least 1, got {args.cases}")
-    draft, current = policy_or_exit(args.draft), policy_or_exit(args.against)
+    draft, current = chosen_policy(args.draft), chosen_policy(args.against)
     network = None
     if args.network is not None:
-        try:
-            network = network_from_file(load_network_file(args.network))
-        except NetworkFileError as exc:
-            raise SystemExit(f"network file rejected:\n{exc}") from None
+        network = network_from_file(network_file_or_exit(args.network))
     recorded = None
     if network is None or args.recorded:
         network, recorded = _with_session(settings, lambda session: _read_for_simulation(session, network, args))

@@ -34,21 +34,11 @@ READY_TIMEOUT = 60.0
 def _read_files(settings: Settings, args: argparse.Namespace) -> NetworkFile | None:
     """The --network file, and a check of the routing policy the router will load, before anything
     starts: a bad file exits with its problems, not with a service's traceback."""
-    from services.router.policy import PolicyError, load_policy
-    from services.shared.network import NetworkFileError, load_network_file
+    from services.cli import network_file_or_exit, policy_or_exit
 
-    policy = args.policy or settings.policy
-    if policy is not None:
-        try:
-            load_policy(policy)
-        except PolicyError as exc:
-            raise SystemExit(f"{policy}: policy rejected:\n{exc}") from None
-    if args.network is None:
-        return None
-    try:
-        return load_network_file(args.network)
-    except NetworkFileError as exc:
-        raise SystemExit(f"network file rejected:\n{exc}") from None
+    if (policy := args.policy or settings.policy) is not None:
+        policy_or_exit(policy)
+    return network_file_or_exit(args.network) if args.network is not None else None
 
 
 async def _prepare(
