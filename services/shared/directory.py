@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.shared.network import NetworkFile, NetworkFileError
 from services.shared.tables import api_tokens, stations, users
 
-TIER_ORDER = {"city": 0, "county": 1, "township": 2, "village": 3}
 TOKEN_PREFIX = "clk_"
 
 
@@ -57,7 +56,7 @@ async def load_network(session: AsyncSession, network: NetworkFile) -> tuple[int
         if errors:
             raise NetworkFileError(errors)
     # Parents before children, so the foreign key on parent_id holds row by row.
-    for station in sorted(network.stations, key=lambda s: TIER_ORDER[str(s.tier)]):
+    for station in network.stations_top_down():
         values: dict[str, Any] = {
             "id": station.id,
             "name": station.name,
