@@ -13,10 +13,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from schemas.referral import FieldError
 from services.intake import tables
 from services.intake.domain import may_see_case
 from services.intake.errors import ApiError
-from services.shared.directory import User, ancestors, authenticate, hash_token, live_token_users
+from services.shared.directory import (
+    StationRow,
+    User,
+    ancestors,
+    authenticate,
+    get_station,
+    hash_token,
+    live_token_users,
+)
 from services.shared.settings import Settings
 
 bearer = HTTPBearer(auto_error=False)
@@ -180,6 +189,15 @@ def require_supervisor(user: User) -> str:
     if user.role != "supervisor" or user.station_id is None:
         raise ApiError(403, "only supervisors may do this")
     return user.station_id
+
+
+async def require_station(session: AsyncSession, station_id: str, *, field: str | None = None) -> StationRow:
+    """The station; 404 if there is none (naming `field` when the id came as a query field)."""
+    station = await get_station(session, station_id)
+    if station is None:
+        fields = [FieldError(field=field, message="unknown")] if field is not None else []
+        raise ApiError(404, f"no station '{station_id}'", fields=fields)
+    return station
 
 
 async def require_in_scope(session: AsyncSession, user: User, station_id: str) -> None:

@@ -9,20 +9,20 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import case, func, select
 
-from schemas.referral import FieldError
 from services.intake import tables
 from services.intake.access import (
     CurrentUser,
     StationId,
     StationQuery,
     require_in_scope,
+    require_station,
     require_supervisor,
     sessions_of,
 )
 from services.intake.domain import HOLDING_STATUSES
-from services.intake.errors import ApiError, error_responses
+from services.intake.errors import error_responses
 from services.shared.db import most_urgent_first
-from services.shared.directory import get_station, subtree
+from services.shared.directory import subtree
 from services.shared.tables import stations, users
 from services.shared.time import utc_now
 
@@ -122,10 +122,8 @@ async def escalations(
     station = station_id or require_supervisor(user)
     cases = tables.cases.c
     async with sessions_of(request)() as session:
-        if station_id is not None and await get_station(session, station_id) is None:
-            raise ApiError(
-                404, f"no station '{station_id}'", fields=[FieldError(field="station_id", message="unknown")]
-            )
+        if station_id is not None:
+            await require_station(session, station_id, field="station_id")
         await require_in_scope(session, user, station)
         where = [cases.escalation_station_id.in_(await subtree(session, station)), cases.escalation_reason.is_not(None)]
         if status == "open":
@@ -172,9 +170,7 @@ async def workload(request: Request, station_id: StationId, user: CurrentUser) -
     require_supervisor(user)
     cases = tables.cases.c
     async with sessions_of(request)() as session:
-        station = await get_station(session, station_id)
-        if station is None:
-            raise ApiError(404, f"no station '{station_id}'")
+        station = await require_station(session, station_id)
         await require_in_scope(session, user, station_id)
         open_here = (cases.station_id == station_id) & cases.status.not_in(_FINISHED)
         open_cases = (await session.execute(select(func.count()).where(open_here))).scalar_one()
