@@ -116,9 +116,21 @@ async def read_dead_letters(
         **consumer_options(settings),
     )
     await consumer.start()
+    try:
+        letters, ends = await _read_to_end(consumer, dlq_topic, since_offset=since_offset)
+    except BaseException:
+        # The caller only stops a consumer it was handed: a failed read must not leave one open.
+        await consumer.stop()
+        raise
+    return consumer, letters, ends
+
+
+async def _read_to_end(
+    consumer: AIOKafkaConsumer, dlq_topic: str, *, since_offset: int | None
+) -> tuple[list[DeadLetter], dict[TopicPartition, int]]:
+    """The letters from the starting positions up to each partition's end as it is now, and those ends."""
     partitions = consumer.partitions_for_topic(dlq_topic)
     if not partitions:
-        await consumer.stop()
         raise SystemExit(f"no topic {dlq_topic} (create the topics with `caselink topics create`)")
     assignment = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
     # Assigned, not subscribed: the group only keeps our position, no rebalance to wait for.
@@ -139,7 +151,7 @@ async def read_dead_letters(
             letters += [_letter(r) for r in records if r.offset < ends[tp]]
         pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
     letters.sort(key=lambda letter: (letter.partition, letter.offset))
-    return consumer, letters, ends
+    return letters, ends
 
 
 def _letter(record: Any) -> DeadLetter:

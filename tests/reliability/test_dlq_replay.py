@@ -18,9 +18,11 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+import services.dlq
 from schemas.topics import CASE_COMMAND_RESULTS, REFERRALS_SUBMITTED, dlq
-from services.dlq import DeadLetter, dlq_topic_of, origin_of, plan_replays, resume_positions
+from services.dlq import DeadLetter, dlq_topic_of, origin_of, plan_replays, read_dead_letters, resume_positions
 from services.shared.embedded import TANSU_ENV
+from services.shared.settings import Settings
 from tests.integration.conftest import Stack, TopicLog
 from tests.support.api_client import ROOM
 
@@ -69,6 +71,54 @@ def test_a_limit_stops_the_run_and_the_next_run_starts_at_the_first_letter_left(
     positions = resume_positions(letters, len(plan), ends)
     assert positions == {TopicPartition("caselink.case.events.dlq", p): o for p, o in [(0, 9), (1, 9), (2, 8)]}
     assert resume_positions(letters, len(plan_replays(letters)), ends) == ends
+
+
+class BrokenReadConsumer:
+    """Starts, then fails on the first fetch, as a broker that goes away mid-read would."""
+
+    instances: list[BrokenReadConsumer] = []
+
+    def __init__(self, **_: Any) -> None:
+        self.stopped = False
+        BrokenReadConsumer.instances.append(self)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        pass
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 3)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return None
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        pass
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
+        raise ConnectionError("the broker went away")
+
+
+async def test_a_read_that_fails_after_the_consumer_started_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services.dlq, "AIOKafkaConsumer", BrokenReadConsumer)
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(ConnectionError):
+        await read_dead_letters(settings, "127.0.0.1:1", "caselink.case.events.dlq", since_offset=None)
+    assert [consumer.stopped for consumer in BrokenReadConsumer.instances] == [True]
 
 
 # ---------------------------------------------------------------- on the stack
