@@ -12,7 +12,7 @@ from faststream.kafka.annotations import KafkaMessage
 from schemas.topics import CASE_EVENTS
 from services.notifier.channels import build_channels, http_client
 from services.notifier.dispatcher import Dispatcher, kafka_origin_reader
-from services.notifier.domain import Job, NoisePolicy, RetryPolicy, purpose_of
+from services.notifier.domain import Job, NoisePolicy, RetryPolicy, concerns_pushes
 from services.notifier.handlers import CONSUMER, PUSHED_EVENTS, Incoming, Lease, Stored, store_jobs
 from services.shared.consuming import (
     MessageConsumer,
@@ -69,13 +69,13 @@ def create_service(settings: Settings) -> Runtime:
     async def store_pushes(records: tuple[Any, ...]) -> None:
         batch: list[Incoming] = []
         for record in records:
-            # Skipped unread when its header names a type that never pushes (most of the topic:
-            # received, routed, notified...); a record without the header is read to find out.
-            if (named := event_type_header(record)) is not None and purpose_of(named) is None:
+            # Skipped unread when its header names a type that neither pushes nor ends an offer (most
+            # of the topic: received, notified...); a record without the header is read to find out.
+            if (named := event_type_header(record)) is not None and not concerns_pushes(named):
                 continue
             event = await read_case_event(consumer, record, PUSHED_EVENTS)
-            # Only the types that may push; store_jobs asks each event whom it concerns.
-            if event is not None and purpose_of(event.type) is not None:
+            # store_jobs asks each event whom it concerns, and which offer it ends.
+            if event is not None and concerns_pushes(event.type):
                 batch.append(Incoming(event, origin(record)))
         if not batch:
             return

@@ -15,10 +15,15 @@ from datetime import datetime, time, timedelta
 from typing import Any, Literal
 
 from services.notifier.messages import (
+    ACCEPTED,
     ASSIGNED,
     BEIJING,
+    CLOSED,
+    DECLINED,
     ESCALATED,
+    OFFER_EXPIRED,
     QUEUED,
+    REFERRED_BACK,
     ROUTED,
     SLA_BREACHED,
     SLA_WARNING,
@@ -171,6 +176,36 @@ def purpose_of(event_type: str) -> Purpose | None:
     return _PURPOSES.get(event_type)
 
 
+# After any of these, the offer a case had open (if any) is no longer open: its worker answered, it
+# lapsed or was withdrawn, or the case was moved, closed or offered to someone else. The router
+# ends a held offer without an event of its own when a supervisor escalates, refers back, assigns
+# or closes, so the events that move the case count too.
+OFFER_ENDING = frozenset(
+    {ACCEPTED, DECLINED, OFFER_EXPIRED, ESCALATED, REFERRED_BACK, QUEUED, CLOSED, ASSIGNED, ROUTED}
+)
+
+
+def concerns_pushes(event_type: str) -> bool:
+    """Whether the notifier reads an event at all: it is pushed, or it ends an offer a push was about."""
+    return event_type in _PURPOSES or event_type in OFFER_ENDING
+
+
+def lapses_with_offer(event_type: str, data: dict[str, Any]) -> bool:
+    """Whether a push of this event is about an open offer, and says nothing true once it ended: the
+    task itself, and the reminder to accept it. Such a push not yet sent is recalled (`offers_ended`)."""
+    return event_type == ASSIGNED or (event_type == SLA_WARNING and data.get("kind") == "accept")
+
+
+def offers_ended(events: list[tuple[str, str, int]]) -> dict[str, int]:
+    """For a batch of (event type, case id, sequence): each case's last offer-ending event's sequence.
+    Every push of that case that lapses with its offer and comes from an earlier event is stale."""
+    ended: dict[str, int] = {}
+    for event_type, case_id, sequence in events:
+        if event_type in OFFER_ENDING and sequence > ended.get(case_id, 0):
+            ended[case_id] = sequence
+    return ended
+
+
 @dataclass(frozen=True)
 class NoisePolicy:
     """When non-urgent pushes wait: supervisors' digest window, and everyone's quiet hours.
@@ -252,6 +287,12 @@ class Job:
     channel_index: int = 0
     attempt: int = 0  # sends so far on the current channel
     attempts: int = 0  # sends so far on all channels
+    # The sequence of the event, for a push that lapses with the offer it is about (None otherwise).
+    offer_sequence: int | None = None
+
+    def stale_after(self, ended: dict[str, int]) -> bool:
+        """Whether an offer-ending event of `offers_ended` came after the offer this push is about."""
+        return self.offer_sequence is not None and self.offer_sequence < ended.get(self.case_id, 0)
 
     @property
     def channel(self) -> ChannelConfig | None:
@@ -291,6 +332,7 @@ def plan_jobs(
         return []
     risk = str(data.get("risk_level") or "unknown")
     due_at, batchable = noise.schedule(purpose, risk, now, deadline)
+    offer_sequence = data.get("sequence") if lapses_with_offer(event_type, data) else None
     jobs: dict[str, Job] = {}
     for recipient in recipients:
         # The caller may list a supervisor both directly and via several lookups.
@@ -310,6 +352,7 @@ def plan_jobs(
                 facts=facts,
                 due_at=due_at,
                 batchable=batchable,
+                offer_sequence=offer_sequence,
             ),
         )
     return list(jobs.values())

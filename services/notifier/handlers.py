@@ -34,12 +34,16 @@ from services.notifier.domain import (
     Recipient,
     RecipientQuery,
     Step,
+    offers_ended,
     plan_jobs,
     recipients_needed,
 )
 from services.notifier.messages import FACT_KEYS
+from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage, emit_case_events, enqueue_many
 from services.shared.tables import stations, users
+
+log = get_logger(__name__)
 
 SOURCE: EventSource = "caselink/notifier"
 CONSUMER = "notifier.pushes"
@@ -114,7 +118,7 @@ def _build_channel_configs(raw: list[dict[str, Any]]) -> tuple[ChannelConfig, ..
 async def store_jobs(
     session: AsyncSession, batch: list[Incoming], *, now: datetime, noise: NoisePolicy, lease: Lease | None = None
 ) -> Stored:
-    """Plan and store the jobs of a batch of events.
+    """Plan and store the jobs of a batch of events, and recall the pushes its events made stale.
 
     A redelivered event adds nothing (one job per event and recipient). A job given up before
     becomes pending again with the recipient's current channels: that is how a dead letter
@@ -124,7 +128,30 @@ async def store_jobs(
     returned: the caller hands them to its dispatcher once the transaction committed. If it never
     does (the process died), the lease runs out and any dispatcher claims them, as after a crash
     between claim and send. Revived jobs are never leased here: their stored counters count.
+
+    A task (or a reminder to accept) not yet sent when its offer ends is recalled, not sent later:
+    held for the morning by quiet hours, or waiting out a receiver's retries, it would ask a worker
+    to accept what is no longer theirs. A job a dispatcher holds is on its way and is left to it.
     """
+    ended = offers_ended([(item.event.type, item.event.data.case_id, item.event.data.sequence) for item in batch])
+    stored = await _store_planned(session, batch, now=now, noise=noise, lease=lease, ended=ended)
+    if not ended:
+        return stored
+    result = await session.execute(_RECALL, {"case_ids": list(ended), "sequences": list(ended.values()), "now": now})
+    if recalled := int(result.rowcount or 0):  # type: ignore[attr-defined]
+        log.info("notifier.pushes_recalled", jobs=recalled)
+    return stored
+
+
+async def _store_planned(
+    session: AsyncSession,
+    batch: list[Incoming],
+    *,
+    now: datetime,
+    noise: NoisePolicy,
+    lease: Lease | None,
+    ended: dict[str, int],
+) -> Stored:
     dumped = [(item, item.event.data.model_dump(mode="json")) for item in batch]
     wanted = [(item, data, recipients_needed(item.event.type, data)) for item, data in dumped]
     wanted = [(item, data, query) for item, data, query in wanted if not query.is_empty]
@@ -148,37 +175,58 @@ async def store_jobs(
         planned |= {job.id: (job, item.origin) for job in jobs}
     if not planned:
         return Stored(0, [])
+    # Stored all the same (a redelivery must find it), but recalled in this transaction: never leased.
+    stale = {job_id for job_id, (job, _) in planned.items() if job.stale_after(ended)}
     # Jobs due now take the lease's room in batch order; the others wait for a claim.
     leased: set[uuid.UUID] = set()
     if lease is not None:
-        leased = set([job_id for job_id, (job, _) in planned.items() if job.due_at <= now][: lease.room])
+        due = [job_id for job_id, (job, _) in planned.items() if job.due_at <= now and job_id not in stale]
+        leased = set(due[: lease.room])
     leases = [lease.until if lease is not None and job_id in leased else None for job_id in planned]
     rows = [_row(job, origin) for job, origin in planned.values()]
     columns = {name: list(values) for name, values in zip(_JOB_COLUMNS, zip(*rows, strict=True), strict=True)}
-    stored = (await session.execute(_STORE_JOBS, {**columns, "leases": leases})).all()
-    return Stored(len(stored), [planned[uuid.UUID(str(job_id))][0] for job_id, is_leased in stored if is_leased])
+    stored = [
+        (uuid.UUID(str(job_id)), is_leased)
+        for job_id, is_leased in await session.execute(_STORE_JOBS, {**columns, "leases": leases})
+    ]
+    return Stored(
+        len([job_id for job_id, _ in stored if job_id not in stale]),
+        [planned[job_id][0] for job_id, is_leased in stored if is_leased],
+    )
+
+
+# A pending push about an offer, from before the case's last offer-ending event of the batch, and
+# not held by a dispatcher (an expired lease is a crashed one's). A dispatcher's claim and this
+# statement lock the same rows: whichever comes second sees the other's committed status or lease.
+_RECALL = text(
+    "UPDATE notifier.jobs AS j SET status = 'recalled', finished_at = :now, lease_until = NULL "
+    "FROM unnest(CAST(:case_ids AS text[]), CAST(:sequences AS integer[])) AS e(case_id, sequence) "
+    "WHERE j.case_id = e.case_id AND j.offer_sequence < e.sequence AND j.status = 'pending' "
+    "AND (j.lease_until IS NULL OR j.lease_until <= :now)"
+)
 
 
 _WAITING = (ESCALATED, QUEUED)
 
 _JOB_COLUMNS = (
     "ids", "event_ids", "event_types", "case_ids", "purposes", "categories", "risk_levels", "resident_refs",
-    "recipients", "channels", "messages", "batchables", "due_ats", "origins",
+    "recipients", "channels", "messages", "batchables", "due_ats", "origins", "offer_sequences",
 )  # fmt: skip
 # One statement text whatever the batch size (asyncpg prepares it once per connection, and
 # SQLAlchemy compiles nothing per batch). A job given up before becomes pending again, unleased.
 _STORE_JOBS = text(
     "INSERT INTO notifier.jobs (id, event_id, event_type, case_id, purpose, category, risk_level, resident_ref, "
-    "recipient, channels, message, batchable, due_at, origin, lease_until) "
+    "recipient, channels, message, batchable, due_at, origin, offer_sequence, lease_until) "
     "SELECT m.id, m.event_id, m.event_type, m.case_id, m.purpose, m.category, m.risk_level, m.resident_ref, "
     "m.recipient, CAST(m.channels AS jsonb), CAST(m.message AS jsonb), m.batchable, m.due_at, m.origin, "
-    "m.lease_until FROM unnest("
+    "m.offer_sequence, m.lease_until FROM unnest("
     "CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:case_ids AS text[]), "
     "CAST(:purposes AS text[]), CAST(:categories AS text[]), CAST(:risk_levels AS text[]), "
     "CAST(:resident_refs AS text[]), CAST(:recipients AS text[]), CAST(:channels AS text[]), "
     "CAST(:messages AS text[]), CAST(:batchables AS boolean[]), CAST(:due_ats AS timestamptz[]), "
-    "CAST(:origins AS text[]), CAST(:leases AS timestamptz[])) AS m(id, event_id, event_type, case_id, purpose, "
-    "category, risk_level, resident_ref, recipient, channels, message, batchable, due_at, origin, lease_until) "
+    "CAST(:origins AS text[]), CAST(:offer_sequences AS integer[]), CAST(:leases AS timestamptz[])) "
+    "AS m(id, event_id, event_type, case_id, purpose, category, risk_level, resident_ref, recipient, channels, "
+    "message, batchable, due_at, origin, offer_sequence, lease_until) "
     "ON CONFLICT (event_id, recipient) DO UPDATE SET status = 'pending', channel_index = 0, attempt = 0, "
     "lease_until = NULL, finished_at = NULL, channels = EXCLUDED.channels, due_at = EXCLUDED.due_at "
     "WHERE notifier.jobs.status = 'failed' "
@@ -192,7 +240,7 @@ def _row(job: Job, origin: str) -> tuple[Any, ...]:
     return (
         str(job.id), job.event_id, job.event_type, job.case_id, job.purpose, job.category, job.risk_level,
         job.resident_ref, job.recipient, json.dumps(channels), json.dumps(job.facts), job.batchable, job.due_at,
-        origin,
+        origin, job.offer_sequence,
     )  # fmt: skip
 
 
@@ -306,6 +354,7 @@ def _job(row: Any) -> Job:
         channel_index=row["channel_index"],
         attempt=row["attempt"],
         attempts=row["attempts"],
+        offer_sequence=row["offer_sequence"],
     )
 
 

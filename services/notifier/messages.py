@@ -19,6 +19,11 @@ ESCALATED = "caselink.case.escalated.v1"
 QUEUED = "caselink.case.queued.v1"
 SLA_WARNING = "caselink.case.sla_warning.v1"
 SLA_BREACHED = "caselink.case.sla_breached.v1"
+ACCEPTED = "caselink.case.accepted.v1"
+DECLINED = "caselink.case.declined.v1"
+OFFER_EXPIRED = "caselink.case.offer_expired.v1"
+REFERRED_BACK = "caselink.case.referred_back.v1"
+CLOSED = "caselink.case.closed.v1"
 
 # Station staff read these texts in China; there is no DST, so a fixed offset is exact.
 BEIJING = timezone(timedelta(hours=8), "CST")

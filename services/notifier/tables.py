@@ -31,7 +31,10 @@ jobs = Table(
     # `topic/partition/offset` of the event: what goes to `<topic>.dlq` when the push is given up.
     Column("origin", Text, nullable=True),
     Column("batchable", Boolean, nullable=False, server_default=false()),
-    Column("status", Text, nullable=False, server_default="pending"),  # pending | delivered | failed
+    # For a push about an offer (a task, a reminder to accept): its event's sequence in the case.
+    Column("offer_sequence", Integer, nullable=True),
+    # pending | delivered | failed | recalled (its offer ended before it was sent: handlers._RECALL)
+    Column("status", Text, nullable=False, server_default="pending"),
     Column("due_at", DateTime(timezone=True), nullable=False),
     # A dispatcher that took the job owns it until then; a crashed one's jobs are taken over after.
     Column("lease_until", DateTime(timezone=True), nullable=True),

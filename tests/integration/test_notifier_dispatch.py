@@ -592,3 +592,82 @@ async def test_stopping_waits_for_a_lease_being_stored_and_sends_its_jobs(
     [job] = await db.fetch("SELECT status, lease_until FROM notifier.jobs")
     assert (job["status"], job["lease_until"]) == ("delivered", None)
     assert len(receivers["fast"].requests) == 1 and len(await outbox(db, "notified")) == 1
+
+
+# ---------------------------------------------------------------- pushes about an offer that ended
+
+
+def offer_ended(case_id: str, worker: str, how: str, sequence: int) -> CaseEvent:
+    """The worker declined, or the offer lapsed or was withdrawn (the case is routed again)."""
+    extra = {"reason": "not my area"} if how == "declined" else {}
+    data = case_data(case_id, "low", status="routed", worker_id=worker, sequence=sequence, **extra)
+    return new_event(how, source="caselink/router", data=data)
+
+
+async def job_statuses(db: asyncpg.Connection) -> dict[str, str]:
+    return {r["case_id"]: r["status"] for r in await db.fetch("SELECT case_id, status FROM notifier.jobs")}
+
+
+async def test_a_task_held_for_the_morning_is_recalled_when_its_offer_is_withdrawn_in_the_night(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(datetime(2026, 11, 22, 15, 30, tzinfo=UTC))  # 23:30 Beijing; a low-risk offer runs 24 h
+    noise = NoisePolicy(0, *quiet_hours_window("22:00-07:00"))
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    await store(sessions, db, clock, assigned("c-1", "w-1", "low"), assigned("c-2", "w-1", "low"), noise=noise)
+    clock.advance(minutes=30)  # w-1 goes off duty: the router withdraws the offer of c-1
+    await store(sessions, db, clock, offer_ended("c-1", "w-1", "offer_expired", sequence=4), noise=noise)
+    assert await job_statuses(db) == {"c-1": "recalled", "c-2": "pending"}
+
+    clock.now = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # 07:00 Beijing
+    assert await dispatcher(sessions, http, clock).run_once() == 1
+    assert [r["case_id"] for r in (receivers["fast"].json(n) for n in range(len(receivers["fast"].requests)))] == [
+        "c-2"
+    ]
+    assert [e["data"]["case_id"] for e in await outbox(db, "notified")] == ["c-2"]
+
+
+async def test_a_task_waiting_out_a_receivers_retries_is_recalled_when_a_supervisor_moves_the_case(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    receivers["fast"].fail(10, 503)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    await store(sessions, db, clock, assigned("c-1", "w-1"))
+    sender = dispatcher(sessions, http, clock)
+    assert await sender.run_once() == 1  # 503: retried in 2 s
+
+    moved = case_data("c-1", "medium", status="escalated", sequence=5, from_tier="township", from_station_id="T-1")
+    await store(
+        sessions, db, clock, new_event("escalated", source="caselink/router", data=moved | {"reason": "manual"})
+    )
+    clock.advance(seconds=10)
+    assert await sender.run_once() == 0
+    assert len(receivers["fast"].requests) == 1
+    assert await job_statuses(db) == {"c-1": "recalled"}
+    assert await outbox(db, "notification_failed") == []  # recalled is not given up: nothing to report
+
+
+async def test_a_task_whose_offer_ends_in_the_same_batch_is_neither_leased_nor_sent(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    task, declined = assigned("c-1", "w-1"), offer_ended("c-1", "w-1", "declined", sequence=4)
+    stored = await store_leased(sessions, db, clock, task, declined, lease=Lease(until=START + timedelta(seconds=60), room=5))
+    assert (stored.new, stored.leased, stored.to_claim) == (0, [], False)
+    assert await store(sessions, db, clock, task) == 0  # redelivered later: still recalled, not revived
+    assert await dispatcher(sessions, http, clock).run_once() == 0
+    assert receivers["fast"].requests == [] and await job_statuses(db) == {"c-1": "recalled"}
+
+
+async def test_a_task_already_handed_to_a_dispatcher_is_left_to_it(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    stored = await store_leased(
+        sessions, db, clock, assigned("c-1", "w-1"), lease=Lease(until=START + timedelta(seconds=60), room=5)
+    )
+    await store(sessions, db, clock, offer_ended("c-1", "w-1", "declined", sequence=4))
+    assert len(stored.leased) == 1 and await job_statuses(db) == {"c-1": "pending"}  # on its way: not recalled

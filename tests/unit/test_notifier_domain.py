@@ -21,18 +21,21 @@ from services.notifier.domain import (
     SLA_WARNING,
     ChannelConfig,
     Job,
+    OFFER_ENDING,
     NoisePolicy,
     Push,
     Recipient,
     RecipientQuery,
+    concerns_pushes,
     job_id_for,
+    offers_ended,
     plan_jobs,
     purpose_of,
     push_for,
     recipients_needed,
     sending_groups,
 )
-from services.notifier.messages import BEIJING, FACT_KEYS
+from services.notifier.messages import ACCEPTED, BEIJING, CLOSED, DECLINED, FACT_KEYS, OFFER_EXPIRED
 
 EVENT_ID = "0b8f7a43-5a43-4e2a-9d8e-1f0c2b3a4d5e"
 CASE_ID = "c-20240603-0001"
@@ -270,6 +273,50 @@ def test_unknown_category_and_missing_deadline_still_produce_readable_text() -> 
 
     assert body["text"] == "新任务：new_category个案（风险：高），请尽快接单"
     assert body["deadline"] is None
+
+
+# --- pushes about an offer that ended ------------------------------------------------------------
+
+
+def test_a_task_push_is_stale_once_a_later_event_ends_its_offer() -> None:
+    (task,) = _jobs(ASSIGNED, ASSIGNED_DATA, [WORKER])
+    assert task.offer_sequence == 3
+    assert task.stale_after(offers_ended([(OFFER_EXPIRED, CASE_ID, 5)]))
+    assert task.stale_after(offers_ended([(ESCALATED, CASE_ID, 4)]))  # a supervisor moved the case
+
+
+def test_a_task_push_is_not_stale_for_its_own_event_an_earlier_one_or_another_case() -> None:
+    (task,) = _jobs(ASSIGNED, ASSIGNED_DATA, [WORKER])
+    assert not task.stale_after(offers_ended([(ASSIGNED, CASE_ID, 3), (ROUTED, CASE_ID, 2)]))
+    assert not task.stale_after(offers_ended([(DECLINED, "c-other", 9)]))
+
+
+def test_events_that_do_not_end_an_offer_leave_its_task_push_alone() -> None:
+    (task,) = _jobs(ASSIGNED, ASSIGNED_DATA, [WORKER])
+    later = [(SLA_WARNING, CASE_ID, 4), ("caselink.case.notified.v1", CASE_ID, 5), (SLA_BREACHED, CASE_ID, 6)]
+    assert offers_ended(later) == {}
+    assert not task.stale_after(offers_ended(later))
+
+
+def test_the_reminder_to_accept_lapses_with_the_offer_and_other_pushes_do_not() -> None:
+    accept = _base(status="offered", worker_id="w-0001", deadline="2099-01-01T00:00:00Z", kind="accept", sequence=5)
+    (reminder,) = _jobs(SLA_WARNING, accept, [WORKER])
+    assert reminder.stale_after({CASE_ID: 6})
+    resolve_warning = _jobs(SLA_WARNING, {**SLA_DATA, "sequence": 5}, [WORKER, SUPERVISOR])
+    escalation = _jobs(ESCALATED, ESCALATED_DATA, [SUPERVISOR])
+    assert all(job.offer_sequence is None and not job.stale_after({CASE_ID: 99}) for job in resolve_warning + escalation)
+
+
+def test_the_last_offer_ending_event_of_each_case_counts() -> None:
+    events = [(DECLINED, "c-1", 4), (CLOSED, "c-1", 7), (ACCEPTED, "c-2", 5), (OFFER_EXPIRED, "c-1", 6)]
+    assert offers_ended(events) == {"c-1": 7, "c-2": 5}
+
+
+def test_the_notifier_reads_every_offer_ending_event_though_most_push_nothing() -> None:
+    assert all(concerns_pushes(event_type) for event_type in OFFER_ENDING)
+    assert concerns_pushes(SLA_BREACHED)
+    assert not concerns_pushes("caselink.case.notified.v1")
+    assert not concerns_pushes("caselink.case.started.v1")
 
 
 # --- delivery ids --------------------------------------------------------------------------------
