@@ -206,6 +206,27 @@ def offers_ended(events: list[tuple[str, str, int]]) -> dict[str, int]:
     return ended
 
 
+# `received` (intake) is a case's first event; the router's first, `routed`, is the second.
+_FIRST_ROUTED = 2
+
+
+def offers_to_recall(
+    events: list[tuple[str, str, int]], ended: dict[str, int], stale_in_batch: set[str]
+) -> dict[str, int]:
+    """Of `ended`, the cases whose stored pushes must be looked at for stale ones.
+
+    A batch that holds a case's first `routed` holds every event after it up to the one that ends an
+    offer (a partition is read in order), so an offer push from before was planned in this batch, and
+    `stale_in_batch` (cases with such a job) says whether there is one. That is a new case's usual
+    batch (routed, escalated, assigned), which needs no look-up. The row of an in-batch job may also
+    be older than the batch (a redelivery), so those cases are looked at too.
+    """
+    new_cases = {
+        case_id for event_type, case_id, sequence in events if sequence == _FIRST_ROUTED and event_type == ROUTED
+    }
+    return {case_id: seq for case_id, seq in ended.items() if case_id in stale_in_batch or case_id not in new_cases}
+
+
 @dataclass(frozen=True)
 class NoisePolicy:
     """When non-urgent pushes wait: supervisors' digest window, and everyone's quiet hours.

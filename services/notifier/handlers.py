@@ -35,6 +35,7 @@ from services.notifier.domain import (
     RecipientQuery,
     Step,
     offers_ended,
+    offers_to_recall,
     plan_jobs,
     recipients_needed,
 )
@@ -133,11 +134,13 @@ async def store_jobs(
     held for the morning by quiet hours, or waiting out a receiver's retries, it would ask a worker
     to accept what is no longer theirs. A job a dispatcher holds is on its way and is left to it.
     """
-    ended = offers_ended([(item.event.type, item.event.data.case_id, item.event.data.sequence) for item in batch])
-    stored = await _store_planned(session, batch, now=now, noise=noise, lease=lease, ended=ended)
-    if not ended:
+    events = [(item.event.type, item.event.data.case_id, item.event.data.sequence) for item in batch]
+    ended = offers_ended(events)
+    stored, stale_cases = await _store_planned(session, batch, now=now, noise=noise, lease=lease, ended=ended)
+    recall = offers_to_recall(events, ended, stale_cases)
+    if not recall:
         return stored
-    result = await session.execute(_RECALL, {"case_ids": list(ended), "sequences": list(ended.values()), "now": now})
+    result = await session.execute(_RECALL, {"case_ids": list(recall), "sequences": list(recall.values()), "now": now})
     if recalled := int(result.rowcount or 0):  # type: ignore[attr-defined]
         log.info("notifier.pushes_recalled", jobs=recalled)
     return stored
@@ -151,12 +154,13 @@ async def _store_planned(
     noise: NoisePolicy,
     lease: Lease | None,
     ended: dict[str, int],
-) -> Stored:
+) -> tuple[Stored, set[str]]:
+    """Store the batch's planned jobs; what was stored, and the cases of jobs its events made stale."""
     dumped = [(item, item.event.data.model_dump(mode="json")) for item in batch]
     wanted = [(item, data, recipients_needed(item.event.type, data)) for item, data in dumped]
     wanted = [(item, data, query) for item, data, query in wanted if not query.is_empty]
     if not wanted:
-        return Stored(0, [])
+        return Stored(0, []), set()
     directory = await _Directory.load(session, [query for _, _, query in wanted])
     waiting = await _first_job_times(session, [d["case_id"] for i, d, _ in wanted if i.event.type in _WAITING])
     # A job twice in one batch (its event delivered twice) is stored once.
@@ -174,7 +178,7 @@ async def _store_planned(
         )
         planned |= {job.id: (job, item.origin) for job in jobs}
     if not planned:
-        return Stored(0, [])
+        return Stored(0, []), set()
     # Stored all the same (a redelivery must find it), but recalled in this transaction: never leased.
     stale = {job_id for job_id, (job, _) in planned.items() if job.stale_after(ended)}
     # Jobs due now take the lease's room in batch order; the others wait for a claim.
@@ -189,10 +193,9 @@ async def _store_planned(
         (uuid.UUID(str(job_id)), is_leased)
         for job_id, is_leased in await session.execute(_STORE_JOBS, {**columns, "leases": leases})
     ]
-    return Stored(
-        len([job_id for job_id, _ in stored if job_id not in stale]),
-        [planned[job_id][0] for job_id, is_leased in stored if is_leased],
-    )
+    new = len([job_id for job_id, _ in stored if job_id not in stale])
+    leased_jobs = [planned[job_id][0] for job_id, is_leased in stored if is_leased]
+    return Stored(new, leased_jobs), {planned[job_id][0].case_id for job_id in stale}
 
 
 # A pending push about an offer, from before the case's last offer-ending event of the batch, and

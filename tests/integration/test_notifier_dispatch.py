@@ -654,7 +654,8 @@ async def test_a_task_whose_offer_ends_in_the_same_batch_is_neither_leased_nor_s
     clock = Clock(START)
     await add_user(db, "w-1", "worker", receivers["fast"].url)
     task, declined = assigned("c-1", "w-1"), offer_ended("c-1", "w-1", "declined", sequence=4)
-    stored = await store_leased(sessions, db, clock, task, declined, lease=Lease(until=START + timedelta(seconds=60), room=5))
+    lease = Lease(until=START + timedelta(seconds=60), room=5)
+    stored = await store_leased(sessions, db, clock, task, declined, lease=lease)
     assert (stored.new, stored.leased, stored.to_claim) == (0, [], False)
     assert await store(sessions, db, clock, task) == 0  # redelivered later: still recalled, not revived
     assert await dispatcher(sessions, http, clock).run_once() == 0

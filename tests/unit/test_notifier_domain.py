@@ -15,13 +15,13 @@ from services.notifier.domain import (
     BODY_KEYS,
     DELIVERY_NAMESPACE,
     ESCALATED,
+    OFFER_ENDING,
     QUEUED,
     ROUTED,
     SLA_BREACHED,
     SLA_WARNING,
     ChannelConfig,
     Job,
-    OFFER_ENDING,
     NoisePolicy,
     Push,
     Recipient,
@@ -29,6 +29,7 @@ from services.notifier.domain import (
     concerns_pushes,
     job_id_for,
     offers_ended,
+    offers_to_recall,
     plan_jobs,
     purpose_of,
     push_for,
@@ -304,12 +305,30 @@ def test_the_reminder_to_accept_lapses_with_the_offer_and_other_pushes_do_not() 
     assert reminder.stale_after({CASE_ID: 6})
     resolve_warning = _jobs(SLA_WARNING, {**SLA_DATA, "sequence": 5}, [WORKER, SUPERVISOR])
     escalation = _jobs(ESCALATED, ESCALATED_DATA, [SUPERVISOR])
-    assert all(job.offer_sequence is None and not job.stale_after({CASE_ID: 99}) for job in resolve_warning + escalation)
+    assert all(
+        job.offer_sequence is None and not job.stale_after({CASE_ID: 99}) for job in resolve_warning + escalation
+    )
 
 
 def test_the_last_offer_ending_event_of_each_case_counts() -> None:
     events = [(DECLINED, "c-1", 4), (CLOSED, "c-1", 7), (ACCEPTED, "c-2", 5), (OFFER_EXPIRED, "c-1", 6)]
     assert offers_ended(events) == {"c-1": 7, "c-2": 5}
+
+
+def test_a_new_case_routed_and_offered_in_one_batch_needs_no_look_up_of_stored_pushes() -> None:
+    events = [(ROUTED, "c-1", 2), (ESCALATED, "c-1", 3), (ASSIGNED, "c-1", 4)]
+    assert offers_to_recall(events, offers_ended(events), stale_in_batch=set()) == {}
+
+
+def test_stored_pushes_are_looked_at_when_the_batch_does_not_start_the_case() -> None:
+    events = [(ROUTED, "c-new", 2), (ASSIGNED, "c-new", 3), (DECLINED, "c-old", 6), (ROUTED, "c-back", 9)]
+    assert offers_to_recall(events, offers_ended(events), stale_in_batch=set()) == {"c-old": 6, "c-back": 9}
+
+
+def test_a_redelivered_offer_whose_end_is_in_the_batch_is_looked_at_though_the_batch_starts_the_case() -> None:
+    # Its job may have been stored by the first delivery, and be on its way or waiting.
+    events = [(ROUTED, "c-1", 2), (ASSIGNED, "c-1", 3), (DECLINED, "c-1", 4)]
+    assert offers_to_recall(events, offers_ended(events), stale_in_batch={"c-1"}) == {"c-1": 4}
 
 
 def test_the_notifier_reads_every_offer_ending_event_though_most_push_nothing() -> None:
