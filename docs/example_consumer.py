@@ -22,6 +22,20 @@ def on_escalated(data: dict) -> None:
 HANDLERS = {"caselink.case.assigned.v1": on_assigned, "caselink.case.escalated.v1": on_escalated}
 
 
+def handle(value: bytes | None) -> None:
+    """One record's value: a CloudEvents 1.0 structured-mode envelope, or something to log and skip."""
+    try:
+        event = json.loads(value or b"")
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        print("skipped a record that is not a case event")  # never retried: it would stop you for ever
+        return
+    handler = HANDLERS.get(event.get("type"))
+    if handler is not None:  # unknown types (new ones, .v2) are ignored, as are unknown fields
+        handler(event["data"])  # may see an event twice after a crash: dedupe by event["id"]
+
+
 async def main() -> None:
     consumer = AIOKafkaConsumer(
         "caselink.case.events",
@@ -33,13 +47,7 @@ async def main() -> None:
     await consumer.start()
     try:
         async for record in consumer:
-            try:
-                event = json.loads(record.value)  # a CloudEvents 1.0 structured-mode envelope
-            except ValueError:
-                event = {}  # not JSON: skip it rather than stop here forever
-            handler = HANDLERS.get(event.get("type"))
-            if handler is not None:  # unknown types (new ones, .v2) are ignored, as are unknown fields
-                handler(event["data"])  # may see an event twice after a crash: dedupe by event["id"]
+            handle(record.value)
             await consumer.commit()
     finally:
         await consumer.stop()

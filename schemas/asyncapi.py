@@ -70,7 +70,8 @@ _TOPICS: dict[str, _Topic] = {
         title="Rejected submissions",
         description=(
             "Why a Kafka submission could not be accepted: the submission id as received and one error "
-            "per offending field. Errors name the field but never quote its value."
+            "per offending field. Errors name the field and never quote a resident's data (they may quote a station "
+            "or user id, such as an unknown room)."
         ),
         key=(
             "the submission id as received; `topic/partition/offset` of the submission when it had none "
@@ -189,7 +190,11 @@ def _dead_letter_message(source: str) -> dict[str, Any]:
     return {
         "name": f"{source.removeprefix('caselink.')}.dead_letter",
         "title": f"Dead letter of {source}",
-        "summary": "A message of the source topic that failed for good or could not be decoded.",
+        "summary": (
+            "A message of the source topic that failed for good or could not be decoded, byte for byte. The DLQ of "
+            "caselink.referrals.submitted also keeps every rejected submission, with the resident's personal data "
+            "it carried: restrict it as its source topic."
+        ),
         "headers": {
             "type": "object",
             "properties": {

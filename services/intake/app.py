@@ -35,7 +35,7 @@ from services.shared.consuming import (
     record_id,
 )
 from services.shared.directory import get_station, get_user
-from services.shared.logging import bind_message_context, clear_message_context
+from services.shared.logging import bind_message_context, clear_message_context, get_logger
 from services.shared.runtime import Runtime, build_runtime
 from services.shared.settings import Settings
 
@@ -44,6 +44,8 @@ STATIC = Path(__file__).parent / "static"
 Submission = KafkaReferralSubmission | SubmissionInvalid
 
 SUBMISSIONS_PER_BATCH = 1000
+
+log = get_logger(__name__)
 
 
 def register_consumers(runtime: Runtime) -> None:
@@ -150,6 +152,12 @@ def create_app(settings: Settings) -> FastAPI:
     """The runnable intake service (serve with uvicorn)."""
     runtime = build_runtime("intake", settings)
     register_consumers(runtime)
+    if settings.resident_ref_key_is_public:
+        log.warning(
+            "intake.public_resident_ref_key",
+            detail="resident_ref is keyed with a public value (fine for development): anyone can reverse it by "
+            "trying id numbers. Set CASELINK_RESIDENT_REF_KEY to a secret in production, and keep it.",
+        )
 
     # POST /v1/referrals' group commit: one writer stores what the requests of this process hand it.
     referral_writer = handlers.http_referral_writer(runtime.sessions, resident_key=settings.resident_ref_key)

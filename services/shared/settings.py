@@ -22,6 +22,12 @@ def quiet_hours_window(spec: str) -> tuple[time, time] | tuple[None, None]:
     return start, end
 
 
+# Public (it is in this file): a resident_ref made with it can be reversed by trying id numbers.
+DEV_RESIDENT_REF_KEY = "caselink-dev-only-resident-key"
+# The value deploy/k8s/secret.example.yaml holds until an operator replaces it.
+_PLACEHOLDER_PREFIX = "CHANGE-ME"
+
+
 class Settings(BaseSettings):
     """Configuration shared by every caselink service; see README § Configuration."""
 
@@ -60,7 +66,7 @@ class Settings(BaseSettings):
 
     policy: Path | None = Field(default=None, description="routing policy YAML; unset = the packaged default")
     # Keyed hash of resident identity: events carry resident_ref, never the identity itself.
-    resident_ref_key: str = "caselink-dev-only-resident-key"
+    resident_ref_key: str = DEV_RESIDENT_REF_KEY
 
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
@@ -158,6 +164,12 @@ class Settings(BaseSettings):
             raise SystemExit(f"{' and '.join(missing)} must be set (or use `caselink dev` for embedded infrastructure)")
         assert self.database_url and self.kafka_bootstrap
         return self.database_url, self.kafka_bootstrap
+
+    @property
+    def resident_ref_key_is_public(self) -> bool:
+        """Whether resident_refs are made with a key anyone can read: the development default, or the
+        example secret's placeholder left unchanged."""
+        return self.resident_ref_key == DEV_RESIDENT_REF_KEY or self.resident_ref_key.startswith(_PLACEHOLDER_PREFIX)
 
     def require_database(self) -> str:
         """The database URL, or fail naming CASELINK_DATABASE_URL (for database-only commands)."""

@@ -163,11 +163,17 @@ def test_operations_say_what_caselink_publishes_and_consumes(document: dict[str,
     assert "caselink.referrals.submitted" not in topics("send"), "village-room systems publish submissions"
 
 
-def test_the_documented_example_consumer_handles_real_events(capsys: pytest.CaptureFixture[str]) -> None:
+def load_example_consumer() -> Any:
+    """docs/example_consumer.py as a module, as its readers run it."""
     spec = importlib.util.spec_from_file_location("example_consumer", EXAMPLE_CONSUMER)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_the_documented_example_consumer_handles_real_events(capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example_consumer()
     common = {
         "case_id": "c-1",
         "tier": "county",
@@ -193,3 +199,12 @@ def test_the_documented_example_consumer_handles_real_events(capsys: pytest.Capt
         event = new_event(name, source="caselink/router", data={**common, **samples[name]})
         handler(event.model_dump(mode="json")["data"])
         assert "c-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [None, b"", b"not json", b"[]", b"null", b'{"type": "caselink.case.assigned.v1"}'])
+def test_the_documented_example_consumer_skips_what_is_not_a_case_event(
+    value: bytes | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = load_example_consumer()
+    example.handle(value)  # no exception: the consumer commits and goes on
+    assert "skipped" in capsys.readouterr().out

@@ -220,3 +220,16 @@ def test_configuring_again_starts_from_a_clean_context(capfd: pytest.CaptureFixt
     [line] = _json_lines(capfd.readouterr().err)
     assert line["service"] == "intake"
     assert "case_id" not in line
+
+
+@pytest.mark.parametrize(
+    ("key", "public"),
+    [
+        (None, True),  # the development default
+        ("CHANGE-ME-to-a-long-random-secret", True),  # deploy/k8s/secret.example.yaml, left as it is
+        ("9f2c6e0b4d7a1e3f5a8c2b6d0e4f7a1c", False),
+    ],
+)
+def test_a_resident_ref_key_anyone_can_read_is_recognised(key: str | None, public: bool) -> None:
+    settings = Settings() if key is None else Settings(resident_ref_key=key)
+    assert settings.resident_ref_key_is_public is public
