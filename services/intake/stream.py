@@ -1,5 +1,9 @@
 """`GET /v1/stream`: the case events a caller may see, live, as Server-Sent Events, resumable
-with Last-Event-ID (the event's position in intake's timeline)."""
+with Last-Event-ID (the event's position in intake's timeline).
+
+A stream can stay open for hours, so its token is looked up again every few seconds: once it is
+revoked the stream ends (after an `error` event saying why), and a user moved to another station
+or role sees from then on what the new one may see."""
 
 from __future__ import annotations
 
@@ -9,15 +13,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import ColumnElement, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.intake import tables
-from services.intake.access import CurrentUser, sessions_of
+from services.intake.access import CurrentUser, bearer, sessions_of
 from services.intake.errors import error_responses
-from services.shared.directory import User, subtree
+from services.shared.directory import User, hash_token, live_token_users, subtree
 
 router = APIRouter()
 POLL_SECONDS = 0.5
@@ -27,6 +32,8 @@ BATCH = 500
 # position can appear after a higher one. A missing position is waited for this long before
 # the stream moves past it (most gaps are numbers used by duplicate deliveries, never filled).
 GAP_WAIT_SECONDS = 2.0
+# How long a revoked token (or a user's old station) may go on seeing events.
+RECHECK_TOKEN_SECONDS = 5.0
 
 
 @router.get(
@@ -34,13 +41,17 @@ GAP_WAIT_SECONDS = 2.0
     tags=["people"],
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "`id:` position, `event: case`, `data:`"},
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`id:` position, `event: case`, `data:`; a revoked token: `event: error`, then the end",
+        },
         **error_responses(401),
     },
 )
 async def stream(
     request: Request,
     user: CurrentUser,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
     resume_after: Annotated[int | None, Query(alias="last_event_id", ge=0, le=2**62)] = None,
 ) -> StreamingResponse:
@@ -53,8 +64,10 @@ async def stream(
             start = int(
                 (await session.execute(select(func.coalesce(func.max(tables.case_events.c.position), 0)))).scalar_one()
             )
+    assert credentials is not None  # CurrentUser has answered 401 without one
+    reader = _Reader(user, hash_token(credentials.credentials), visible)
     return StreamingResponse(
-        _events(request, sessions, visible, start),
+        _events(request, sessions, reader, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -80,22 +93,55 @@ async def _visibility(session: AsyncSession, user: User) -> ColumnElement[bool]:
     return or_(*on_path) if on_path else literal(False)
 
 
-async def _events(
-    request: Request, sessions: async_sessionmaker[AsyncSession], visible: ColumnElement[bool], position: int
-) -> AsyncIterator[str]:
+class _Reader:
+    """Who reads a stream, through which token, and what they may see: checked again every
+    RECHECK_TOKEN_SECONDS."""
+
+    def __init__(self, user: User, token_hash: str, visible: ColumnElement[bool]) -> None:
+        self.user = user
+        self.token_hash = token_hash
+        self.checked_at = time.monotonic()
+        self.query = _query(visible)
+
+    async def still_allowed(self, session: AsyncSession) -> bool:
+        """False once the token is revoked; a changed user (station, role) gets their new visibility."""
+        if time.monotonic() - self.checked_at < RECHECK_TOKEN_SECONDS:
+            return True
+        self.checked_at = time.monotonic()
+        user = (await live_token_users(session, [self.token_hash])).get(self.token_hash)
+        if user is None:
+            return False
+        if user != self.user:
+            self.user, self.query = user, _query(await _visibility(session, user))
+        return True
+
+
+def _query(visible: ColumnElement[bool]) -> Any:
     events = tables.case_events.c
-    query = (
+    return (
         select(events.position, events.event, visible.label("visible"))
         .select_from(tables.case_events.outerjoin(tables.cases, tables.cases.c.case_id == events.case_id))
         .order_by(events.position)
         .limit(BATCH)
     )
+
+
+_REVOKED = {"error": {"code": "unauthorized", "message": "the bearer token was revoked", "fields": []}}
+
+
+async def _events(
+    request: Request, sessions: async_sessionmaker[AsyncSession], reader: _Reader, position: int
+) -> AsyncIterator[str]:
+    events = tables.case_events.c
     gap_seen_at: float | None = None
     quiet_since = time.monotonic()
     yield ": stream open\n\n"
     while not await request.is_disconnected():
         async with sessions() as session:
-            rows = (await session.execute(query.where(events.position > position))).all()
+            if not await reader.still_allowed(session):
+                yield f"event: error\ndata: {json.dumps(_REVOKED)}\n\n"
+                return
+            rows = (await session.execute(reader.query.where(events.position > position))).all()
         sent = False
         for row in rows:
             if row.position != position + 1:

@@ -6,6 +6,8 @@ Every case a test opens is closed again when the test ends, so the demo workers'
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -674,6 +676,23 @@ async def test_a_supervisor_stream_delivers_case_events_and_resumes_after_the_la
     assert event["id"] not in {m.json()["id"] for m in replayed}
     assert all(m.json()["data"]["sequence"] > event["data"]["sequence"] for m in replayed)
     assert len({m.json()["id"] for m in replayed}) == len(replayed)
+
+
+async def test_a_stream_ends_once_its_token_is_revoked(api: Api, stack: Stack) -> None:
+    token = stack.cli("token", "create", "--user", COUNTY_SUPERVISOR)
+    async with EventStream(api.client, {"Authorization": f"Bearer {token}"}) as live:
+        assert live.status == 200
+        await stack.sql("UPDATE shared.api_tokens SET revoked_at = now() WHERE token_hash = $1", hash_token(token))
+        revoked_at = time.monotonic()
+        await api.submit()  # events go on being written while the revocation is noticed
+        await live.wait_for(lambda messages: any(m.event == "error" for m in messages), within=15)
+        assert time.monotonic() - revoked_at < 8  # RECHECK_TOKEN_SECONDS, and a poll
+        deadline = time.monotonic() + 5
+        while not live.closed:
+            assert time.monotonic() < deadline, "the stream stayed open after its token was revoked"
+            await asyncio.sleep(0.1)
+    assert live.messages[-1].event == "error"  # the last message: nothing after it
+    assert live.messages[-1].json()["error"]["code"] == "unauthorized"
 
 
 async def test_a_worker_stream_shows_only_the_cases_in_their_sight(api: Api) -> None:
