@@ -100,7 +100,8 @@ async def submit_referral(
         await confirm_cached_token(request)
         _refuse(forbidden)
     key = idempotency_key or (str(submission.submission_id) if submission.submission_id else None)
-    item = HttpSubmission(submission, caller.user, caller.token_hash, key)
+    key_field = "Idempotency-Key" if idempotency_key else "submission_id"
+    item = HttpSubmission(submission, caller.user, caller.token_hash, key, key_field)
     try:
         # Answered once the transaction that stored the case and its `received` event committed.
         outcome = await referral_writer_of(request).submit(item)

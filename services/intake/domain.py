@@ -14,7 +14,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.enums import Tier
-from schemas.referral import ROOT_FIELD, FieldError, KafkaReferralSubmission, Resident, validation_errors
+from schemas.referral import (
+    ROOT_FIELD,
+    FieldError,
+    KafkaReferralSubmission,
+    ReferralSubmission,
+    Resident,
+    validation_errors,
+)
 from services.shared.directory import StationRow, User
 
 # The only tier that submits referrals.
@@ -62,6 +69,21 @@ class SubmissionInvalid(ValueError):
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
         self.submission_id = submission_id
+
+
+def submission_fingerprint(submission: ReferralSubmission) -> str:
+    """What a submission says, as a hash: a repeated idempotency key must come with the same referral.
+    The key itself (`submission_id`) is left out; the rest is read as the model has it, so the
+    order of the JSON's fields and its spacing do not count."""
+    said = submission.model_dump_json(exclude={"submission_id"})
+    return hashlib.sha256(said.encode()).hexdigest()
+
+
+def key_reused(field: str, *, submission_id: str | None) -> SubmissionInvalid:
+    """The refusal of a referral whose idempotency key came before with a different referral: storing
+    nothing and answering with the earlier case would lose this one without a word."""
+    message = "already used for a different referral; a new referral needs a new key"
+    return SubmissionInvalid([FieldError(field=field, message=message)], submission_id=submission_id)
 
 
 def _normalise(text: str | None) -> str:

@@ -23,8 +23,10 @@ from services.intake.domain import (
     VILLAGE,
     SubmissionInvalid,
     kafka_submission_problems,
+    key_reused,
     resident_ref,
     room_problems,
+    submission_fingerprint,
 )
 from services.intake.referral_batch import HttpSubmission
 from services.shared.db import is_conflict, is_transient_db_error, transaction
@@ -55,8 +57,8 @@ class Accepted:
 # event's sequence is 1 and the event can be built before the statement runs.
 _ACCEPT = text(
     "WITH room AS (SELECT id, name, tier, parent_id FROM shared.stations WHERE id = CAST(:room_id AS text)), "
-    "claim AS (INSERT INTO intake.submission_keys (source, key, case_id) "
-    " SELECT CAST(:source AS text), CAST(:key AS text), CAST(:case_id AS text) FROM room "
+    "claim AS (INSERT INTO intake.submission_keys (source, key, case_id, fingerprint) "
+    " SELECT CAST(:source AS text), CAST(:key AS text), CAST(:case_id AS text), CAST(:fingerprint AS text) FROM room "
     " WHERE room.tier = CAST(:tier AS text) AND CAST(:key AS text) IS NOT NULL "
     " ON CONFLICT DO NOTHING RETURNING case_id), "
     "go AS (SELECT 1 FROM room WHERE room.tier = CAST(:tier AS text) "
@@ -80,7 +82,8 @@ _ACCEPT = text(
     f" CASE WHEN EXISTS (SELECT 1 FROM go) THEN pg_notify('{NOTIFY_CHANNEL}', '') END AS woken"
 )
 _EARLIER_CASE = text(
-    "SELECT case_id FROM intake.submission_keys WHERE source = CAST(:source AS text) AND key = CAST(:key AS text)"
+    "SELECT case_id, fingerprint FROM intake.submission_keys "
+    "WHERE source = CAST(:source AS text) AND key = CAST(:key AS text)"
 )
 
 
@@ -92,11 +95,14 @@ async def accept_submission(
     idempotency_source: str,
     idempotency_key: str | None,
     resident_key: str,
+    key_field: str = "submission_id",
 ) -> Accepted:
     """Store a validated submission and emit `received`, or return the case of an earlier one.
 
-    Raises SubmissionInvalid when the room cannot take referrals; nothing is written then.
+    Raises SubmissionInvalid when the room cannot take referrals, or when the key came before with
+    a different referral (naming `key_field`); nothing is written then.
     """
+    fingerprint = submission_fingerprint(submission)
     case_id = str(uuid.uuid4())
     ref = resident_ref(submission.resident, key=resident_key)
     # Built for a village room; written only if the room is one (the statement checks).
@@ -111,6 +117,7 @@ async def accept_submission(
             | {
                 "source": idempotency_source,
                 "key": idempotency_key,
+                "fingerprint": fingerprint,
                 "topic": message.topic,
                 "event_key": case_id.encode(),
                 "payload": message.payload,
@@ -126,8 +133,10 @@ async def accept_submission(
     if problems := room_problems(submission.room_id, room):
         raise SubmissionInvalid(problems, submission_id=idempotency_key)
     if not row.created:
-        existing = await session.scalar(_EARLIER_CASE, {"source": idempotency_source, "key": idempotency_key})
-        return Accepted(case_id=str(existing), created=False)
+        earlier = (await session.execute(_EARLIER_CASE, {"source": idempotency_source, "key": idempotency_key})).one()
+        if earlier.fingerprint not in (None, fingerprint):  # None: claimed before fingerprints were kept
+            raise key_reused(key_field, submission_id=idempotency_key)
+        return Accepted(case_id=str(earlier.case_id), created=False)
     bind_message_context(case_id=case_id)
     log.debug("intake.case_received", category=data["category"], risk=data["risk_level"])
     return Accepted(case_id=case_id, created=True)
@@ -170,13 +179,13 @@ _STATIONS = text("SELECT id, name, tier, parent_id FROM shared.stations WHERE id
 # other in the same order instead of deadlocking; a key claimed by a transaction still in flight
 # waits for it, and is then either ours (it rolled back) or found by _EARLIER_CASES (it committed).
 _CLAIM_KEYS = text(
-    "INSERT INTO intake.submission_keys (source, key, case_id) "
-    "SELECT k.source, k.key, k.case_id FROM unnest(CAST(:sources AS text[]), CAST(:keys AS text[]), "
-    "CAST(:case_ids AS text[])) AS k(source, key, case_id) ORDER BY k.source, k.key "
-    "ON CONFLICT DO NOTHING RETURNING source, key"
+    "INSERT INTO intake.submission_keys (source, key, case_id, fingerprint) "
+    "SELECT k.source, k.key, k.case_id, k.fingerprint FROM unnest(CAST(:sources AS text[]), CAST(:keys AS text[]), "
+    "CAST(:case_ids AS text[]), CAST(:fingerprints AS text[])) AS k(source, key, case_id, fingerprint) "
+    "ORDER BY k.source, k.key ON CONFLICT DO NOTHING RETURNING source, key"
 )
 _EARLIER_CASES = text(
-    "SELECT k.source, k.key, k.case_id FROM intake.submission_keys k "
+    "SELECT k.source, k.key, k.case_id, k.fingerprint FROM intake.submission_keys k "
     "JOIN unnest(CAST(:sources AS text[]), CAST(:keys AS text[])) AS w(source, key) "
     "ON k.source = w.source AND k.key = w.key"
 )
@@ -192,30 +201,40 @@ class NewCase:
     source: str
     key: str | None  # None: no idempotency, always a new case
     case_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    key_field: str = "submission_id"  # where the key came from, for the refusal of a reused one
 
 
-async def store_new_cases(session: AsyncSession, new: Sequence[NewCase], *, resident_key: str) -> list[Accepted]:
+async def store_new_cases(
+    session: AsyncSession, new: Sequence[NewCase], *, resident_key: str
+) -> list[Accepted | SubmissionInvalid]:
     """Claim the keys, store the cases whose key was free (or who have none) and put their
-    `received` events in the outbox, in a constant number of statements; by position, the new case
-    or the earlier one of a repeated key. A (source, key) may appear only once in `new`."""
+    `received` events in the outbox, in a constant number of statements; by position, the new case,
+    the earlier one of a repeated key, or the refusal of a key that came before with a different
+    referral. A (source, key) may appear only once in `new`."""
     keyed = [n for n in new if n.key is not None]
+    prints = {n.case_id: submission_fingerprint(n.submission) for n in keyed}
     claimed: set[tuple[str, str]] = set()
     if keyed:
         claims = {"sources": [n.source for n in keyed], "keys": [n.key for n in keyed]}
-        rows = await session.execute(_CLAIM_KEYS, claims | {"case_ids": [n.case_id for n in keyed]})
+        claims |= {"case_ids": [n.case_id for n in keyed], "fingerprints": [prints[n.case_id] for n in keyed]}
+        rows = await session.execute(_CLAIM_KEYS, claims)
         claimed = {(row.source, row.key) for row in rows}
-    earlier: dict[tuple[str, str], str] = {}
+    earlier: dict[tuple[str, str], tuple[str, str | None]] = {}
     if repeated := [n for n in keyed if (n.source, n.key) not in claimed]:
         found = await session.execute(
             _EARLIER_CASES, {"sources": [n.source for n in repeated], "keys": [n.key for n in repeated]}
         )
-        earlier = {(row.source, row.key): str(row.case_id) for row in found}
-    accepted: list[Accepted] = []
+        earlier = {(row.source, row.key): (str(row.case_id), row.fingerprint) for row in found}
+    accepted: list[Accepted | SubmissionInvalid] = []
     case_rows: list[dict[str, Any]] = []
     events: list[tuple[str, dict[str, Any]]] = []
     for n in new:
         if n.key is not None and (n.source, n.key) not in claimed:
-            accepted.append(Accepted(case_id=earlier[(n.source, n.key)], created=False))
+            case_id, fingerprint = earlier[(n.source, n.key)]
+            if fingerprint not in (None, prints[n.case_id]):  # None: claimed before fingerprints were kept
+                accepted.append(key_reused(n.key_field, submission_id=n.key))
+            else:
+                accepted.append(Accepted(case_id=case_id, created=False))
             continue
         ref = resident_ref(n.submission.resident, key=resident_key)
         where = {"case_id": n.case_id, "room_id": n.room.id, "tier": n.room.tier, "submitted_by": n.submitted_by}
@@ -256,7 +275,7 @@ async def accept_kafka_submissions(
         for row in await session.execute(_STATIONS, {"ids": room_ids})
     }
     refused: list[tuple[int, Refusal]] = []
-    fresh: dict[str, tuple[KafkaReferralSubmission, str]] = {}  # submission id -> (submission, new case id)
+    fresh: dict[str, int] = {}  # submission id -> the position of its first submission in the batch
     for position, submission in enumerate(submissions):
         key = str(submission.submission_id)
         if problems := kafka_submission_problems(
@@ -267,14 +286,24 @@ async def accept_kafka_submissions(
         ):
             refused.append((position, Refusal(SubmissionInvalid(problems, submission_id=key), key)))
         elif key not in fresh:
-            fresh[key] = (submission, str(uuid.uuid4()))
+            fresh[key] = position
+        elif submission_fingerprint(submission) != submission_fingerprint(submissions[fresh[key]]):
+            refused.append((position, Refusal(key_reused("submission_id", submission_id=key), key)))
     if not fresh:
         return [], refused
     new = [
-        NewCase(submission, submission.submitted_by, rooms[submission.room_id], "kafka", key, case_id)
-        for key, (submission, case_id) in fresh.items()
+        NewCase(submissions[p], submissions[p].submitted_by, rooms[submissions[p].room_id], "kafka", key)
+        for key, p in fresh.items()
     ]
-    return await store_new_cases(session, new, resident_key=resident_key), refused
+    accepted: list[Accepted] = []
+    for (key, position), outcome in zip(
+        fresh.items(), await store_new_cases(session, new, resident_key=resident_key), strict=True
+    ):
+        if isinstance(outcome, SubmissionInvalid):
+            refused.append((position, Refusal(outcome, key)))
+        else:
+            accepted.append(outcome)
+    return accepted, sorted(refused, key=lambda refusal: refusal[0])
 
 
 async def accept_http_submissions(
@@ -295,6 +324,8 @@ async def accept_http_submissions(
     }
     refused = referral_batch.judge_batch(items, live, rooms)
     owner = referral_batch.share_cases(items, [p for p in range(len(items)) if p not in refused])
+    refused |= referral_batch.reused_keys(items, owner)
+    owner = {position: first for position, first in owner.items() if position not in refused}
     owners = sorted(set(owner.values()))
     new = [
         NewCase(
@@ -303,6 +334,7 @@ async def accept_http_submissions(
             rooms[items[p].submission.room_id],
             items[p].source,
             items[p].key,
+            key_field=items[p].key_field,
         )
         for p in owners
     ]
@@ -313,8 +345,11 @@ async def accept_http_submissions(
             outcomes.append(refused[position])
         elif owner[position] == position:
             outcomes.append(stored[position])
-        else:  # the same key earlier in this batch: its case, created by that request, not this one
-            outcomes.append(Accepted(case_id=stored[owner[position]].case_id, created=False))
+        elif isinstance(earlier := stored[owner[position]], Accepted):
+            # The same key earlier in this batch: its case, created by that request, not this one.
+            outcomes.append(Accepted(case_id=earlier.case_id, created=False))
+        else:  # the same referral as the first, whose key was used before for another one
+            outcomes.append(earlier)
     return outcomes
 
 

@@ -8,7 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from schemas.referral import ReferralSubmission
-from services.intake.domain import SubmissionInvalid, may_submit_for, room_problems
+from services.intake.domain import (
+    SubmissionInvalid,
+    key_reused,
+    may_submit_for,
+    room_problems,
+    submission_fingerprint,
+)
 from services.shared.directory import StationRow, User
 
 
@@ -20,6 +26,7 @@ class HttpSubmission:
     user: User  # as the route authenticated it (perhaps from the token cache)
     token_hash: str
     key: str | None  # Idempotency-Key, else the body's submission_id
+    key_field: str = "Idempotency-Key"  # where `key` came from (`submission_id` for the body's)
 
     @property
     def source(self) -> str:
@@ -77,6 +84,17 @@ def share_cases(items: Sequence[HttpSubmission], stored: Sequence[int]) -> dict[
         else:
             owner[position] = first.setdefault((item.source, item.key), position)
     return owner
+
+
+def reused_keys(items: Sequence[HttpSubmission], owner: Mapping[int, int]) -> dict[int, SubmissionInvalid]:
+    """Of the items `share_cases` gave another item's case, those whose referral differs from that
+    item's: a key sent twice with two referrals must not lose the second without a word."""
+    return {
+        position: key_reused(items[position].key_field, submission_id=items[position].key)
+        for position, first in owner.items()
+        if position != first
+        and submission_fingerprint(items[position].submission) != submission_fingerprint(items[first].submission)
+    }
 
 
 def rooms_and_tokens(items: Sequence[HttpSubmission]) -> tuple[list[str], list[str]]:

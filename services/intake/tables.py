@@ -26,6 +26,9 @@ submission_keys = Table(
     Column("source", Text, nullable=False),
     Column("key", Text, nullable=False),
     Column("case_id", Text, nullable=False),
+    # What the first submission with the key said (domain.submission_fingerprint): a repeat must say
+    # the same, or it is refused. Null for keys claimed before migration 0011: any repeat is taken.
+    Column("fingerprint", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("source", "key"),
     schema="intake",

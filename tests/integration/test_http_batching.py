@@ -190,6 +190,21 @@ async def test_the_same_key_twice_in_one_batch_makes_one_case_and_a_later_repeat
     assert other.status_code == 202 and other.json()["case_id"] != answers[0].json()["case_id"]
 
 
+async def test_one_key_with_two_different_referrals_in_one_batch_stores_the_first_and_refuses_the_second(
+    app: App,
+) -> None:
+    first, second = "one key, first referral", "one key, a different referral"
+    answers = await app.held(
+        app.post(referral(summary=first), key="batch-key-2"), app.post(referral(summary=second), key="batch-key-2")
+    )
+    assert answers[0].status_code == 202
+    assert answers[1].status_code == 422, answers[1].text
+    assert [f["field"] for f in answers[1].json()["error"]["fields"]] == ["Idempotency-Key"]
+    assert len(await cases_with(app.db, first)) == 1 and await cases_with(app.db, second) == []
+    again = await app.post(referral(summary=second), key="batch-key-2")  # in a batch of its own: the same
+    assert again.status_code == 422
+
+
 async def test_a_token_revoked_after_it_was_cached_is_refused_alone_in_its_batch(app: App, db: Db) -> None:
     doomed = db.tokens[DOOMED]
     assert (await app.post(referral(), token=doomed)).status_code == 202  # now in the token cache

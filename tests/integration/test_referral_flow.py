@@ -172,6 +172,33 @@ async def test_repeated_idempotency_key_returns_the_same_case_and_creates_nothin
         assert len(received) == 1
 
 
+async def test_an_idempotency_key_sent_again_with_a_different_referral_is_refused_not_swallowed(
+    stack: Stack, case_events: CaseEvents, rejections: TopicLog, worker_token: str, producer: Any
+) -> None:
+    key = f"reused-{uuid.uuid4()}"
+    first = await submit(stack, worker_token, referral(), key=key)
+    reordered = dict(reversed(list(referral().items())))  # the same referral, its fields in another order
+    assert (await submit(stack, worker_token, reordered, key=key)).json()["case_id"] == first.json()["case_id"]
+    other = await submit(stack, worker_token, referral(category="mental_health", summary="另一位居民"), key=key)
+    assert other.status_code == 422, other.text
+    assert [f["field"] for f in other.json()["error"]["fields"]] == ["Idempotency-Key"]
+    assert "different referral" in other.json()["error"]["message"]
+
+    submission_id = str(uuid.uuid4())
+    original = referral(submission_id=submission_id, submitted_by=WORKER)
+    await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(original).encode(), key=ROOM.encode())
+    await _case_of_submission(stack, case_events, submission_id)
+    changed = original | {"summary": "同一编号，另一份转介"}
+    await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(changed).encode(), key=ROOM.encode())
+    records = await rejections.wait_for(
+        lambda records: any(json.loads(r.value)["submission_id"] == submission_id for r in records)
+    )
+    (rejection,) = [json.loads(r.value) for r in records if json.loads(r.value)["submission_id"] == submission_id]
+    assert [e["field"] for e in rejection["errors"]] == ["submission_id"]
+    rows = await stack.sql("SELECT count(*) AS n FROM intake.submission_keys WHERE key = $1", submission_id)
+    assert rows[0]["n"] == 1
+
+
 async def test_concurrent_requests_with_one_idempotency_key_make_one_case(stack: Stack, worker_token: str) -> None:
     key = f"race-{uuid.uuid4()}"
     answers = await asyncio.gather(*(submit(stack, worker_token, referral(), key=key) for _ in range(8)))

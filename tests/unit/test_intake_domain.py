@@ -17,6 +17,7 @@ from services.intake.domain import (
     parse_kafka_submission,
     resident_ref,
     room_problems,
+    submission_fingerprint,
 )
 from services.shared.directory import StationRow, User
 
@@ -307,3 +308,23 @@ def test_a_kafka_submission_for_an_unknown_room_names_the_room_not_the_submitter
     township = StationRow("T-360402101", "十里街道社工站", "township", "C-360402")
     system = User(id="sys", role="system", station_id=None)
     assert fields_of("sys", township.id, system, township) == ["room_id"]
+
+
+def _parsed(message: dict[str, Any]) -> Any:
+    return parse_kafka_submission(json.dumps(message, ensure_ascii=False).encode())
+
+
+def test_a_submission_says_the_same_whatever_its_key_field_order_or_spacing() -> None:
+    first = _parsed(_message())
+    reordered = parse_kafka_submission(json.dumps(dict(reversed(list(_message().items()))), indent=2).encode())
+    other_key = _parsed(_message(submission_id=str(uuid.uuid4())))
+    assert submission_fingerprint(first) == submission_fingerprint(reordered) == submission_fingerprint(other_key)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"summary": "另一件事"}, {"risk_level": "high"}, {"resident": {"name": "李四", "birth_year": 1941}}],
+    ids=["summary", "risk", "resident"],
+)
+def test_a_submission_that_says_something_else_has_another_fingerprint(change: dict[str, Any]) -> None:
+    assert submission_fingerprint(_parsed(_message(**change))) != submission_fingerprint(_parsed(_message()))
