@@ -198,6 +198,28 @@ def test_stdlib_logging_goes_through_the_same_json_renderer(capfd: pytest.Captur
 
 
 @pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_logged_exception_shows_its_traceback_but_never_the_frames_local_values(
+    log_format: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(Settings(log_format=log_format), service="intake")
+    values = ("王秀英", "clk_secret-bearer-token")  # in a frame's locals, not in a source line
+
+    def store(resident_name: str, token: str) -> None:
+        raise RuntimeError("the database went away")
+
+    for logger in (logging.getLogger("uvicorn.error").exception, get_logger("tests.errors").exception):
+        try:
+            store(*values)
+        except RuntimeError:
+            logger("request failed")
+    err = capfd.readouterr().err
+    assert err.count("RuntimeError: the database went away") == 2 and err.count("in store") == 2
+    assert "王秀英" not in err and "clk_secret" not in err
+    assert "<traceback object" not in err
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_log_level_filters_lines_and_quiets_noisy_libraries(capfd: pytest.CaptureFixture[str]) -> None:
     configure_logging(Settings(log_format="json", log_level="info"), service="router")
 
