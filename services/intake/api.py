@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
 
@@ -33,6 +34,7 @@ from services.intake.referral_batch import Forbidden, HttpSubmission, Refusal, U
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.time import rfc3339
 
+READY_TIMEOUT_SECONDS = 2.0
 REFERRALS = Counter("caselink_referrals_total", "Referrals received over HTTP", ["outcome"])
 
 
@@ -185,9 +187,14 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the database answers and the broker connection is up."""
     checks = {"database": False, "broker": False}
-    try:
+
+    async def database_answers() -> None:
         async with sessions_of(request)() as session:
             await session.execute(text("SELECT 1"))
+
+    try:
+        # A frozen database answers nothing at all: not ready, rather than a probe that hangs.
+        await asyncio.wait_for(database_answers(), READY_TIMEOUT_SECONDS)
         checks["database"] = True
     except Exception:
         pass

@@ -8,9 +8,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.referral import FieldError, field_errors
+from services.shared.db import is_transient_db_error
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_failed",
@@ -74,6 +76,15 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = field_errors(details)
         message = "the request is invalid: " + "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
         return JSONResponse(error_body("validation_failed", message, fields), status_code=422)
+
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)  # ConnectionError, TimeoutError: a connection that could not be made
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # Any route, not only those that expect it: a token's look-up is often the first statement.
+        if not is_transient_db_error(exc):
+            raise exc  # a bug: the server's 500, logged with its traceback
+        message = "the database is unavailable; try again shortly (a referral with the same key is safe)"
+        return JSONResponse(error_body("unavailable", message), status_code=503)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

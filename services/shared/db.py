@@ -37,6 +37,7 @@ SCHEMAS = ("shared", "intake", "router", "notifier")
 # then (a sequential scan filtering `= ANY($1)`) stays until the first ANALYZE, costing rows × array
 # length per batch once the tables grow. Statements run once per batch, so planning each is cheap.
 PLANNING = {"plan_cache_mode": "force_custom_plan"}
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
@@ -55,6 +56,9 @@ def service_connect_kwargs(settings: Settings) -> dict[str, Any]:
     relay's): its application name, PLANNING and the TLS arguments."""
     return {
         "server_settings": {"application_name": settings.kafka_client_id, **PLANNING},
+        # Seconds to open a connection (asyncpg's default is 60): a database that does not answer
+        # is reported (intake: 503) and retried sooner.
+        "timeout": CONNECT_TIMEOUT_SECONDS,
         **asyncpg_connect_kwargs(settings),
     }
 

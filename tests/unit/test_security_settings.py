@@ -27,7 +27,7 @@ from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import ValidationError
 
 import services.shared.db as db
-from services.shared.db import PLANNING, asyncpg_connect_kwargs, create_engine
+from services.shared.db import CONNECT_TIMEOUT_SECONDS, PLANNING, asyncpg_connect_kwargs, create_engine
 from services.shared.kafka import _faststream_security, client_security, make_producer, ssl_context
 from services.shared.settings import Settings, get_settings
 
@@ -428,7 +428,10 @@ def test_unset_database_tls_leaves_the_connect_arguments_as_before(monkeypatch: 
     assert asyncpg_connect_kwargs(settings) == {}
     assert create_engine(settings) == "engine"
     assert captured["url"] == DATABASE_URL
-    assert captured["connect_args"] == {"server_settings": {"application_name": "caselink", **PLANNING}}
+    assert captured["connect_args"] == {
+        "server_settings": {"application_name": "caselink", **PLANNING},
+        "timeout": CONNECT_TIMEOUT_SECONDS,
+    }
 
 
 @pytest.mark.parametrize("mode", ["disable", "prefer"])
@@ -438,7 +441,11 @@ def test_disable_and_prefer_pass_the_mode_to_asyncpg(mode: str, monkeypatch: pyt
 
     create_engine(database(database_ssl_mode=mode))
 
-    assert captured["connect_args"] == {"server_settings": {"application_name": "caselink", **PLANNING}, "ssl": mode}
+    assert captured["connect_args"] == {
+        "server_settings": {"application_name": "caselink", **PLANNING},
+        "timeout": CONNECT_TIMEOUT_SECONDS,
+        "ssl": mode,
+    }
 
 
 def test_require_encrypts_without_verifying() -> None:

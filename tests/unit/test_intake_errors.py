@@ -1,0 +1,48 @@
+"""Intake's error answers when the database cannot be reached: every route answers the contract's
+JSON 503, not a plain-text 500 (a token's look-up is often the first statement a request runs)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from services.intake.errors import install_error_handlers
+
+
+def app_raising(error: Exception) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/v1/cases/c-1")
+    async def get_case() -> None:
+        raise error
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused")),
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError(),
+    ],
+    ids=["operational", "refused", "timeout"],
+)
+async def test_an_unreachable_database_is_a_json_503_on_any_route(error: Exception) -> None:
+    transport = httpx.ASGITransport(app=app_raising(error))
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.get("/v1/cases/c-1")
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "unavailable"
+    assert "database is unavailable" in answer.json()["error"]["message"]
+
+
+async def test_a_database_error_that_is_a_bug_stays_a_server_error() -> None:
+    bug = IntegrityError("INSERT", {}, Exception("duplicate key value violates unique constraint"))
+    transport = httpx.ASGITransport(app=app_raising(bug), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.get("/v1/cases/c-1")
+    assert answer.status_code == 500
