@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
 
@@ -12,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from schemas.referral import ROOT_FIELD, FieldError, ReferralSubmission
 from services.intake import tables
@@ -34,7 +33,6 @@ from services.intake.referral_batch import Forbidden, HttpSubmission, Refusal, U
 from services.shared.db import is_transient_db_error, transaction
 from services.shared.time import rfc3339
 
-READY_TIMEOUT_SECONDS = 2.0
 REFERRALS = Counter("caselink_referrals_total", "Referrals received over HTTP", ["outcome"])
 
 
@@ -186,19 +184,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the database answers and the broker connection is up."""
-    checks = {"database": False, "broker": False}
-
-    async def database_answers() -> None:
-        async with sessions_of(request)() as session:
-            await session.execute(text("SELECT 1"))
-
-    try:
-        # A frozen database answers nothing at all: not ready, rather than a probe that hangs.
-        await asyncio.wait_for(database_answers(), READY_TIMEOUT_SECONDS)
-        checks["database"] = True
-    except Exception:
-        pass
-    checks["broker"] = await request.app.state.broker_ready()
+    checks = await request.app.state.runtime.ready()
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -185,10 +185,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.referral_writer = referral_writer
     app.state.token_cache = TokenCache()
 
-    async def broker_ready() -> bool:
-        return (await runtime.ready())["broker"]
-
-    app.state.broker_ready = broker_ready
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(actions.router)

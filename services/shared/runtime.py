@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,15 +81,32 @@ class Runtime:
         log.info("service.stopped")
 
     async def ready(self) -> dict[str, bool]:
-        """Whether the database and the broker answer."""
-        checks = {"database": False, "broker": False}
-        with contextlib.suppress(Exception):
+        """Whether the database and the broker answer, each within READY_TIMEOUT seconds (asked together)."""
+
+        async def database_answers() -> bool:
             async with self.sessions() as session:
-                await asyncio.wait_for(session.execute(text("SELECT 1")), 2)
-            checks["database"] = True
-        with contextlib.suppress(Exception):
-            checks["broker"] = await self.broker.ping(timeout=2)
-        return checks
+                await session.execute(text("SELECT 1"))
+            return True
+
+        database, broker = await asyncio.gather(
+            _answers_within(database_answers(), READY_TIMEOUT),
+            _answers_within(self.broker.ping(timeout=2), READY_TIMEOUT),
+        )
+        return {"database": database, "broker": broker}
+
+
+READY_TIMEOUT = 2.0
+
+
+async def _answers_within(check: Coroutine[Any, Any, bool], seconds: float) -> bool:
+    """The check's answer, False if it failed or took longer. A frozen database answers nothing at all,
+    and cancelling a statement in flight can itself take seconds: the late check is not waited for."""
+    task = asyncio.ensure_future(check)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        return False
+    return task.exception() is None and bool(task.result())
 
 
 def build_runtime(service: str, settings: Settings) -> Runtime:
