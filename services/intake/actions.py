@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
@@ -70,6 +71,19 @@ class ActionAnswer(BaseModel):
 _RESPONSES = error_responses(401, 403, 404, 409, 422)
 
 
+class CommandVerdict(BaseModel):
+    """The router's verdict on an action, for one that was answered `pending`."""
+
+    case_id: str
+    command_id: uuid.UUID
+    outcome: Literal["applied", "refused", "pending"] = Field(description="pending: no verdict yet")
+    action: str | None = Field(default=None, description="as the router recorded it (`refer_back`, …)")
+    code: str | None = Field(default=None, description="why it was refused: conflict, forbidden, not_found, invalid")
+    message: str = Field(default="", description="the refusal, as a 409/403/422 answer would have said it")
+    status: str | None = Field(default=None, description="the case's status after an applied action")
+    decided_at: datetime | None = None
+
+
 async def _act(request: Request, user: Any, case_id: str, action: str, **arguments: Any) -> ActionAnswer:
     sessions = sessions_of(request)
     async with transaction(sessions) as session:
@@ -85,7 +99,8 @@ async def _act(request: Request, user: Any, case_id: str, action: str, **argumen
         await enqueue(session, topic=CASE_COMMANDS, key=case_id, payload=command.model_dump_json().encode())
     verdict = None
     # No verdict in time (the router is busy or down) is not an error: the command is committed and
-    # will be applied or refused later, and the case's timeline will show it.
+    # will be applied or refused later; GET …/commands/{command_id} tells which (an applied action
+    # also shows in the case's timeline, a refused one only there).
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings_of(request).command_timeout):
             verdict = await _verdict(sessions, command.command_id)
@@ -113,6 +128,39 @@ async def _verdict(sessions: async_sessionmaker[AsyncSession], command_id: uuid.
         if row is not None:
             return row
         await asyncio.sleep(_POLL_SECONDS)
+
+
+@router.get(
+    "/v1/cases/{case_id}/commands/{command_id}",
+    response_model=CommandVerdict,
+    responses=error_responses(401, 404),
+    summary="The verdict on an action answered `pending`",
+)
+async def command_verdict(
+    request: Request, case_id: CaseId, command_id: uuid.UUID, user: CurrentUser
+) -> CommandVerdict:
+    """Whether the router applied or refused an action on a case you can see (`pending` until it has)."""
+    async with sessions_of(request)() as session:
+        await visible_case(session, user, case_id)
+        results = tables.command_results.c
+        row = (
+            await session.execute(
+                select(tables.command_results).where(results.command_id == str(command_id), results.case_id == case_id)
+            )
+        ).first()
+    if row is None:
+        return CommandVerdict(case_id=case_id, command_id=command_id, outcome="pending")
+    applied = row.outcome == "applied"
+    return CommandVerdict(
+        case_id=case_id,
+        command_id=command_id,
+        outcome="applied" if applied else "refused",
+        action=row.action,
+        code=None if applied else row.outcome,
+        message=row.message,
+        status=row.status if applied else None,
+        decided_at=row.decided_at,
+    )
 
 
 def _route(path: str, summary: str) -> Any:

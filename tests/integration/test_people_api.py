@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -341,6 +342,33 @@ async def test_the_offered_worker_accepts_once_and_a_second_accept_conflicts(api
     seen = await api.wait_for_case(case_id, lambda c: c["status"] == "accepted")
     assert seen["assignee_id"] == worker
     assert [e["worker_id"] for e in events_named(seen, "accepted")] == [worker]
+
+
+async def test_the_verdict_on_an_action_can_be_asked_for_later_applied_refused_or_pending(
+    api: Api, stack: Stack
+) -> None:
+    case = await api.open_case(category="elderly_care")
+    case_id, worker = case["case_id"], case["assignee_id"]
+    applied = assert_applied(await api.act(case_id, "accept", user=worker), case_id, "accepted")
+    verdict = await api.get(f"/v1/cases/{case_id}/commands/{applied['command_id']}", user=worker)
+    assert verdict.status_code == 200, verdict.text
+    assert verdict.json() | {"outcome": "applied", "status": "accepted", "code": None} == verdict.json()
+    assert verdict.json()["decided_at"]
+
+    assert_error(await api.act(case_id, "decline", user=worker, body={"reason": "too late"}), 409, "conflict")
+    (refused,) = await stack.sql(
+        "SELECT command_id FROM intake.command_results WHERE case_id = $1 AND action = 'decline'", case_id
+    )
+    verdict = await api.get(f"/v1/cases/{case_id}/commands/{refused['command_id']}", user=COUNTY_SUPERVISOR)
+    assert verdict.json() | {"outcome": "refused", "code": "conflict", "status": None} == verdict.json()
+    assert "accepted" in verdict.json()["message"]
+
+    never = await api.get(f"/v1/cases/{case_id}/commands/{uuid.uuid4()}", user=worker)
+    assert (never.status_code, never.json()["outcome"]) == (200, "pending")
+    assert_error(
+        await api.get(f"/v1/cases/{case_id}/commands/{uuid.uuid4()}", user=OTHER_ROOM_WORKER), 404, "not_found"
+    )
+    assert_error(await api.get(f"/v1/cases/{case_id}/commands/not-a-uuid", user=worker), 422, "validation_failed")
 
 
 async def test_the_assigned_worker_starts_and_resolves_and_a_resolved_case_cannot_be_started(api: Api) -> None:
