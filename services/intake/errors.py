@@ -62,7 +62,8 @@ def error_body(code: str, message: str, fields: list[FieldError] | None = None) 
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error, including FastAPI's own, in the contract's shape."""
+    """Answer every error, including FastAPI's own, in the contract's shape (and say so in /openapi.json)."""
+    _describe_validation_errors_as_they_are(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -90,3 +91,36 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+def _describe_validation_errors_as_they_are(app: FastAPI) -> None:
+    """FastAPI documents a 422 of its own shape (`HTTPValidationError`, `{"detail": [...]}`) on every
+    route with parameters; the handler above answers the contract's `ErrorDocument` instead."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        reference = {"$ref": "#/components/schemas/ErrorDocument"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                answer = operation.get("responses", {}).get("422")
+                if answer is not None:
+                    answer["content"] = {"application/json": {"schema": reference}}
+                    if answer.get("description") == "Validation Error":
+                        answer["description"] = "invalid input; `fields` names each field"
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault(
+            "ErrorDocument", ErrorDocument.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for name, definition in (
+            ErrorDocument.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {}).items()
+        ):
+            components.setdefault(name, definition)
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

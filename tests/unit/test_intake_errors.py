@@ -3,6 +3,9 @@ JSON 503, not a plain-text 500 (a token's look-up is often the first statement a
 
 from __future__ import annotations
 
+import json
+import re
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -46,3 +49,23 @@ async def test_a_database_error_that_is_a_bug_stays_a_server_error() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
         answer = await client.get("/v1/cases/c-1")
     assert answer.status_code == 500
+
+
+def test_openapi_describes_every_422_in_the_shape_the_server_answers() -> None:
+    from services.intake.app import create_app
+    from services.shared.settings import Settings
+
+    settings = Settings(database_url="postgresql+asyncpg://caselink@127.0.0.1:9/none", kafka_bootstrap="127.0.0.1:9")
+    schema = create_app(settings).openapi()  # nothing is started or reached
+    text = json.dumps(schema)
+    assert "HTTPValidationError" not in text and '"detail"' not in text
+    answers = [
+        op["responses"]["422"] for ops in schema["paths"].values() for op in ops.values() if "422" in op["responses"]
+    ]
+    assert len(answers) > 10
+    assert all(
+        a["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorDocument"} for a in answers
+    )
+    defined = set(schema["components"]["schemas"])
+    referenced = {ref.rsplit("/", 1)[1] for ref in re.findall(r'"\$ref": "([^"]+)"', text)}
+    assert referenced <= defined, referenced - defined
