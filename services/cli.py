@@ -335,13 +335,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `caselink` console script."""
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as invalid:
+        raise SystemExit(settings_rejected(invalid)) from None
     if args.service == "dev" and "CASELINK_LOG_FORMAT" not in os.environ:
         # A person watches `caselink dev` in a terminal; production services keep JSON.
         settings = settings.model_copy(update={"log_format": "console"})
     configure_logging(settings, service=args.service)
-    args.handler(settings, args)
+    if args.service != "cli":
+        args.handler(settings, args)  # the services retry what they cannot reach, and log it
+        return
+    try:
+        args.handler(settings, args)
+    except Exception as exc:
+        if (why := unreachable(exc)) is None:
+            raise
+        raise SystemExit(f"caselink: {why}") from None
+
+
+def settings_rejected(invalid: Any) -> str:
+    """The settings' problems, one line each, named by their environment variables."""
+    lines = [f"CASELINK_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in invalid.errors()]
+    return "caselink: the settings are not valid:\n  " + "\n  ".join(lines)
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """What an operator command could not reach, in one line; None for any other error (a bug)."""
+    from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, KafkaError):
+        return f"the broker (CASELINK_KAFKA_BOOTSTRAP) could not be reached or refused: {exc}"
+    if isinstance(exc, DBAPIError):
+        return f"the database (CASELINK_DATABASE_URL) could not be reached or refused: {exc.orig}"
+    if isinstance(exc, OSError):  # refused or timed out before either library wrapped it (it names the address)
+        return f"could not connect (CASELINK_DATABASE_URL, CASELINK_KAFKA_BOOTSTRAP): {exc}"
+    return None
 
 
 if __name__ == "__main__":

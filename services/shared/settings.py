@@ -135,6 +135,19 @@ class Settings(BaseSettings):
 
     demo_inbox: bool = Field(default=False, description="serve /dev/inbox, the demo network's webhook sink")
 
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str | None) -> str | None:
+        """A PostgreSQL URL for asyncpg; the plain `postgresql://` and `postgres://` forms are taken too."""
+        if value is None or not value.strip():
+            return None
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value.removeprefix(plain)
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be postgresql+asyncpg://user:password@host:port/database")
+        return value
+
     @field_validator(
         "kafka_ssl_cafile",
         "kafka_ssl_certfile",

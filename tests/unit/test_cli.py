@@ -223,3 +223,33 @@ def test_dev_with_a_broken_network_file_exits_with_its_problems_before_starting_
         f"{network}: stations[1] (T-360402101).parent: unknown station 'C-999999'",
     ]
     assert not (tmp_path / "dev").exists()
+
+
+# Nothing listens on port 9 (discard) here: a connection is refused at once.
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["token", "create", "--user", "w-0001"]], ids=["db", "token"])
+def test_a_database_that_cannot_be_reached_is_one_line_naming_the_variable(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CASELINK_DATABASE_URL", "postgresql+asyncpg://caselink:s3cret@127.0.0.1:9/caselink")
+
+    message = _exit_message(argv)
+
+    assert message.startswith("caselink: could not connect (CASELINK_DATABASE_URL, CASELINK_KAFKA_BOOTSTRAP)")
+    assert "127.0.0.1', 9" in message  # the address it tried
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_a_broker_that_cannot_be_reached_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASELINK_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+
+    message = _exit_message(["topics", "create"])
+
+    assert message.startswith("caselink: the broker (CASELINK_KAFKA_BOOTSTRAP) could not be reached")
+
+
+def test_a_database_url_of_another_kind_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASELINK_DATABASE_URL", "mysql://caselink@127.0.0.1/caselink")
+
+    message = _exit_message(["db", "upgrade"])
+
+    assert "CASELINK_DATABASE_URL: Value error, must be postgresql+asyncpg://" in message
