@@ -90,14 +90,20 @@ async def wait_for_jobs(harness: RouterHarness, case_id: str, expected: dict[str
         await asyncio.sleep(0.2)
 
 
+async def held_task(harness: RouterHarness) -> tuple[str, str]:
+    """A new low-risk case offered in the quiet hours, and its worker, whose task push is held."""
+    case = await harness.submit_case(ROOM, CATEGORY, "low")
+    await harness.events.wait_for_types(case, "assigned", within=20)
+    worker = str(harness.events.named(case, "assigned")[0]["data"]["worker_id"])
+    held = await wait_for_jobs(harness, case, {worker: "pending"})
+    assert held[worker][1] > datetime.now(BEIJING) + timedelta(minutes=30)  # waits for the end of quiet hours
+    return case, worker
+
+
 async def test_a_task_held_for_the_morning_is_recalled_when_its_worker_declines(
     harness: RouterHarness, receiver: Receiver
 ) -> None:
-    case = await harness.submit_case(ROOM, CATEGORY, "low")
-    await harness.events.wait_for_types(case, "assigned", within=20)
-    first = harness.events.named(case, "assigned")[0]["data"]["worker_id"]
-    held = await wait_for_jobs(harness, case, {first: "pending"})
-    assert held[first][1] > datetime.now(BEIJING) + timedelta(minutes=30)  # waits for the end of quiet hours
+    case, first = await held_task(harness)
 
     answer = await harness.command(case, "decline", first, reason="on leave")
     assert answer["outcome"] == "applied", answer
@@ -109,10 +115,7 @@ async def test_a_task_held_for_the_morning_is_recalled_when_its_worker_declines(
 async def test_a_task_held_for_the_morning_is_recalled_when_a_supervisor_closes_the_case(
     harness: RouterHarness, receiver: Receiver
 ) -> None:
-    case = await harness.submit_case(ROOM, CATEGORY, "low")
-    await harness.events.wait_for_types(case, "assigned", within=20)
-    worker = harness.events.named(case, "assigned")[0]["data"]["worker_id"]
-    await wait_for_jobs(harness, case, {worker: "pending"})
+    case, worker = await held_task(harness)
 
     answer = await harness.command(case, "close", SUPERVISOR, reason="the family took her in")
     assert answer["outcome"] == "applied", answer
