@@ -71,9 +71,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI locates body errors under "body"; clients know the fields by their own names.
-        details = [{**d, "loc": tuple(d.get("loc", ()))[1:] if d.get("loc", ("",))[0] == "body" else d.get("loc", ())}
-                   for d in exc.errors()]  # fmt: skip
+        # FastAPI locates body errors under "body"; clients know the fields by their own names. A body
+        # that is not JSON at all is located at a character offset, which is no field: the whole body.
+        details = [{**d, "loc": _field_of(d)} for d in exc.errors()]
         fields = field_errors(details)
         message = "the request is invalid: " + "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
         return JSONResponse(error_body("validation_failed", message, fields), status_code=422)
@@ -91,6 +91,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+def _field_of(detail: dict[str, Any]) -> tuple[Any, ...]:
+    """Where a request error is, as the client names it: without FastAPI's leading "body"."""
+    loc = tuple(detail.get("loc", ()))
+    if detail.get("type") == "json_invalid":
+        return ()  # ("body", 11): a character offset of text that is not JSON
+    return loc[1:] if loc[:1] == ("body",) else loc
 
 
 def _describe_validation_errors_as_they_are(app: FastAPI) -> None:

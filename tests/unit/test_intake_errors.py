@@ -9,9 +9,14 @@ import re
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.intake.errors import install_error_handlers
+
+
+class DeclineBody(BaseModel):
+    reason: str
 
 
 def app_raising(error: Exception) -> FastAPI:
@@ -69,3 +74,20 @@ def test_openapi_describes_every_422_in_the_shape_the_server_answers() -> None:
     defined = set(schema["components"]["schemas"])
     referenced = {ref.rsplit("/", 1)[1] for ref in re.findall(r'"\$ref": "([^"]+)"', text)}
     assert referenced <= defined, referenced - defined
+
+
+async def test_a_body_that_is_not_json_is_an_error_of_the_whole_body_not_of_a_character_offset() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v1/cases/c-1/decline")
+    async def decline(body: DeclineBody) -> None:
+        return None
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post(
+            "/v1/cases/c-1/decline", content=b'{"reason": "x",,}', headers={"Content-Type": "application/json"}
+        )
+    assert answer.status_code == 422
+    assert [f["field"] for f in answer.json()["error"]["fields"]] == ["$"]
