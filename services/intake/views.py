@@ -45,8 +45,8 @@ class Escalation(BaseModel):
     """A case on the escalation queue, and why it is there."""
 
     case_id: str
-    station_id: str = Field(description="where it waits for a supervisor")
-    tier: str
+    station_id: str = Field(description="where it waits (or waited) for a supervisor")
+    tier: str = Field(description="the tier of `station_id` (the case may have moved since: see `status`)")
     category: str
     risk_level: str
     status: str
@@ -132,7 +132,8 @@ async def escalations(
             where.append(cases.escalation_closed_at.is_not(None))
         total = (await session.execute(select(func.count()).select_from(tables.cases).where(*where))).scalar_one()
         rows = await session.execute(
-            select(tables.cases)
+            select(tables.cases, stations.c.tier.label("escalation_tier"))
+            .join(stations, stations.c.id == cases.escalation_station_id)
             .where(*where)
             .order_by(_RISK_ORDER, cases.escalated_at, cases.case_id)
             .limit(limit)
@@ -143,7 +144,7 @@ async def escalations(
             Escalation(
                 case_id=row.case_id,
                 station_id=row.escalation_station_id,
-                tier=row.tier,
+                tier=row.escalation_tier,
                 category=row.category,
                 risk_level=row.risk_level,
                 status=row.status,

@@ -578,6 +578,21 @@ async def test_a_closed_escalation_leaves_the_open_queue(api: Api, queued: list[
     assert {c["case_id"] for c in queued} <= all_ids
 
 
+async def test_an_escalation_row_names_the_tier_of_the_station_it_waited_at_after_the_case_moved_down(
+    api: Api,
+) -> None:
+    case = await api.open_case(category="elderly_care")
+    case_id, worker = case["case_id"], case["assignee_id"]
+    await _queue_at_the_top(api, case_id)
+    answer = await api.act(case_id, "assign", user=CITY_SUPERVISOR, body={"worker_id": worker})
+    assert_applied(answer, case_id, "offered")
+    await api.wait_for_case(case_id, lambda c: c["assignee_id"] == worker and is_offered(c))
+
+    rows = (await _escalations(api, status="all", limit=500))["items"]
+    (row,) = [r for r in rows if r["case_id"] == case_id]
+    assert (row["station_id"], row["tier"], row["status"], row["assignee_id"]) == (CITY_ID, "city", "offered", worker)
+
+
 @pytest.mark.parametrize(
     ("user", "params"),
     [
