@@ -178,11 +178,13 @@ _STATIONS = text("SELECT id, name, tier, parent_id FROM shared.stations WHERE id
 # Claimed in (source, key) order, so two batches sharing keys (two intake processes) wait on each
 # other in the same order instead of deadlocking; a key claimed by a transaction still in flight
 # waits for it, and is then either ours (it rolled back) or found by _EARLIER_CASES (it committed).
+# A key twice in one batch (two different referrals) is claimed by the first in the batch (`n`): the
+# rows are inserted in this order, and DO NOTHING skips a row that conflicts with one just inserted.
 _CLAIM_KEYS = text(
     "INSERT INTO intake.submission_keys (source, key, case_id, fingerprint) "
     "SELECT k.source, k.key, k.case_id, k.fingerprint FROM unnest(CAST(:sources AS text[]), CAST(:keys AS text[]), "
-    "CAST(:case_ids AS text[]), CAST(:fingerprints AS text[])) AS k(source, key, case_id, fingerprint) "
-    "ORDER BY k.source, k.key ON CONFLICT DO NOTHING RETURNING source, key"
+    "CAST(:case_ids AS text[]), CAST(:fingerprints AS text[])) WITH ORDINALITY "
+    "AS k(source, key, case_id, fingerprint, n) ORDER BY k.source, k.key, k.n ON CONFLICT DO NOTHING RETURNING case_id"
 )
 _EARLIER_CASES = text(
     "SELECT k.source, k.key, k.case_id, k.fingerprint FROM intake.submission_keys k "
@@ -202,6 +204,7 @@ class NewCase:
     key: str | None  # None: no idempotency, always a new case
     case_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     key_field: str = "submission_id"  # where the key came from, for the refusal of a reused one
+    fingerprint: str | None = None  # submission_fingerprint(submission), when the caller has it already
 
 
 async def store_new_cases(
@@ -210,17 +213,18 @@ async def store_new_cases(
     """Claim the keys, store the cases whose key was free (or who have none) and put their
     `received` events in the outbox, in a constant number of statements; by position, the new case,
     the earlier one of a repeated key, or the refusal of a key that came before with a different
-    referral. A (source, key) may appear only once in `new`."""
+    referral. A (source, key) may come twice in `new` only with two different referrals: the first
+    claims the key (if it is free), and the other is judged against what the key holds then."""
     keyed = [n for n in new if n.key is not None]
-    prints = {n.case_id: submission_fingerprint(n.submission) for n in keyed}
-    claimed: set[tuple[str, str]] = set()
+    prints = {n.case_id: n.fingerprint or submission_fingerprint(n.submission) for n in keyed}
+    claimed: set[str] = set()  # the case ids whose claim of their key won
     if keyed:
         claims = {"sources": [n.source for n in keyed], "keys": [n.key for n in keyed]}
         claims |= {"case_ids": [n.case_id for n in keyed], "fingerprints": [prints[n.case_id] for n in keyed]}
-        rows = await session.execute(_CLAIM_KEYS, claims)
-        claimed = {(row.source, row.key) for row in rows}
+        claimed = {str(row.case_id) for row in await session.execute(_CLAIM_KEYS, claims)}
     earlier: dict[tuple[str, str], tuple[str, str | None]] = {}
-    if repeated := [n for n in keyed if (n.source, n.key) not in claimed]:
+    # What the key holds: an earlier transaction's claim, or one this statement just made.
+    if repeated := [n for n in keyed if n.case_id not in claimed]:
         found = await session.execute(
             _EARLIER_CASES, {"sources": [n.source for n in repeated], "keys": [n.key for n in repeated]}
         )
@@ -229,7 +233,7 @@ async def store_new_cases(
     case_rows: list[dict[str, Any]] = []
     events: list[tuple[str, dict[str, Any]]] = []
     for n in new:
-        if n.key is not None and (n.source, n.key) not in claimed:
+        if n.key is not None and n.case_id not in claimed:
             case_id, fingerprint = earlier[(n.source, n.key)]
             if fingerprint not in (None, prints[n.case_id]):  # None: claimed before fingerprints were kept
                 accepted.append(key_reused(n.key_field, submission_id=n.key))
@@ -275,7 +279,9 @@ async def accept_kafka_submissions(
         for row in await session.execute(_STATIONS, {"ids": room_ids})
     }
     refused: list[tuple[int, Refusal]] = []
-    fresh: dict[str, int] = {}  # submission id -> the position of its first submission in the batch
+    # (submission id, fingerprint) -> the position of its first submission in the batch: a resend of
+    # the same one adds nothing; another referral under the same id is judged by store_new_cases.
+    fresh: dict[tuple[str, str], int] = {}
     for position, submission in enumerate(submissions):
         key = str(submission.submission_id)
         if problems := kafka_submission_problems(
@@ -285,18 +291,18 @@ async def accept_kafka_submissions(
             room=rooms.get(submission.room_id),
         ):
             refused.append((position, Refusal(SubmissionInvalid(problems, submission_id=key), key)))
-        elif key not in fresh:
-            fresh[key] = position
-        elif submission_fingerprint(submission) != submission_fingerprint(submissions[fresh[key]]):
-            refused.append((position, Refusal(key_reused("submission_id", submission_id=key), key)))
+        else:
+            fresh.setdefault((key, submission_fingerprint(submission)), position)
     if not fresh:
         return [], refused
     new = [
-        NewCase(submissions[p], submissions[p].submitted_by, rooms[submissions[p].room_id], "kafka", key)
-        for key, p in fresh.items()
+        NewCase(
+            submissions[p], submissions[p].submitted_by, rooms[submissions[p].room_id], "kafka", key, fingerprint=said
+        )
+        for (key, said), p in fresh.items()
     ]
     accepted: list[Accepted] = []
-    for (key, position), outcome in zip(
+    for ((key, _), position), outcome in zip(
         fresh.items(), await store_new_cases(session, new, resident_key=resident_key), strict=True
     ):
         if isinstance(outcome, SubmissionInvalid):
@@ -324,17 +330,16 @@ async def accept_http_submissions(
     }
     refused = referral_batch.judge_batch(items, live, rooms)
     owner = referral_batch.share_cases(items, [p for p in range(len(items)) if p not in refused])
-    refused |= referral_batch.reused_keys(items, owner)
-    owner = {position: first for position, first in owner.items() if position not in refused}
     owners = sorted(set(owner.values()))
     new = [
         NewCase(
-            items[p].submission,
-            items[p].submission.submitted_by or items[p].user.id,
+            items[p].as_stored,
+            str(items[p].as_stored.submitted_by),
             rooms[items[p].submission.room_id],
             items[p].source,
             items[p].key,
             key_field=items[p].key_field,
+            fingerprint=items[p].fingerprint,
         )
         for p in owners
     ]
@@ -346,9 +351,10 @@ async def accept_http_submissions(
         elif owner[position] == position:
             outcomes.append(stored[position])
         elif isinstance(earlier := stored[owner[position]], Accepted):
-            # The same key earlier in this batch: its case, created by that request, not this one.
+            # The same referral under the same key earlier in this batch: its case, created by that
+            # request (or found by it), not this one.
             outcomes.append(Accepted(case_id=earlier.case_id, created=False))
-        else:  # the same referral as the first, whose key was used before for another one
+        else:  # the same referral as that one, whose key holds another
             outcomes.append(earlier)
     return outcomes
 

@@ -1,24 +1,19 @@
 """What each HTTP referral of a group-committed batch gets, decided without I/O: refused (token no
-longer live, not allowed, room not a village room) or stored, and which ones share a case because
-they carry the same idempotency key."""
+longer live, not allowed, room not a village room) or stored, and which ones share an outcome because
+they carry the same idempotency key and say the same."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from schemas.referral import ReferralSubmission
-from services.intake.domain import (
-    SubmissionInvalid,
-    key_reused,
-    may_submit_for,
-    room_problems,
-    submission_fingerprint,
-)
+from services.intake.domain import SubmissionInvalid, may_submit_for, room_problems, submission_fingerprint
 from services.shared.directory import StationRow, User
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the fingerprint is computed once, on first use
 class HttpSubmission:
     """A referral whose body and caller the route has checked, waiting for the batch that stores it."""
 
@@ -32,6 +27,18 @@ class HttpSubmission:
     def source(self) -> str:
         """Whose idempotency keys these are: a key is one user's, not everyone's."""
         return f"http:{self.user.id}"
+
+    @functools.cached_property
+    def as_stored(self) -> ReferralSubmission:
+        """The referral as intake stores it: in the caller's name unless it names its submitter."""
+        if self.submission.submitted_by is not None:
+            return self.submission
+        return self.submission.model_copy(update={"submitted_by": self.user.id})
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the referral says (`submission_fingerprint`), `submitted_by` filled in as it is stored."""
+        return submission_fingerprint(self.as_stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,28 +80,18 @@ def judge_referral(item: HttpSubmission, live_user: User | None, room: StationRo
 
 
 def share_cases(items: Sequence[HttpSubmission], stored: Sequence[int]) -> dict[int, int]:
-    """For the positions in `stored`, the position whose new case each gets: itself, or the first
-    earlier item with the same (source, key). Items without a key each get a case of their own."""
-    first: dict[tuple[str, str], int] = {}
+    """For the positions in `stored`, the position whose outcome each gets: itself, or the first
+    earlier item with the same (source, key) and the same referral. Items without a key each get a
+    case of their own; the same key with another referral is judged on its own (store_new_cases)."""
+    first: dict[tuple[str, str, str], int] = {}
     owner: dict[int, int] = {}
     for position in stored:
         item = items[position]
         if item.key is None:
             owner[position] = position
         else:
-            owner[position] = first.setdefault((item.source, item.key), position)
+            owner[position] = first.setdefault((item.source, item.key, item.fingerprint), position)
     return owner
-
-
-def reused_keys(items: Sequence[HttpSubmission], owner: Mapping[int, int]) -> dict[int, SubmissionInvalid]:
-    """Of the items `share_cases` gave another item's case, those whose referral differs from that
-    item's: a key sent twice with two referrals must not lose the second without a word."""
-    return {
-        position: key_reused(items[position].key_field, submission_id=items[position].key)
-        for position, first in owner.items()
-        if position != first
-        and submission_fingerprint(items[position].submission) != submission_fingerprint(items[first].submission)
-    }
 
 
 def rooms_and_tokens(items: Sequence[HttpSubmission]) -> tuple[list[str], list[str]]:

@@ -205,6 +205,23 @@ async def test_one_key_with_two_different_referrals_in_one_batch_stores_the_firs
     assert again.status_code == 422
 
 
+async def test_repeats_of_a_stored_referral_get_its_case_though_another_referral_with_its_key_shares_their_batch(
+    app: App,
+) -> None:
+    stored, other = "the referral stored first", "another referral under the same key"
+    first = await app.post(referral(summary=stored), key="batch-key-3")
+    assert first.status_code == 202
+    answers = await app.held(
+        app.post(referral(summary=other), key="batch-key-3"),
+        app.post(referral(summary=stored), key="batch-key-3"),
+        app.post(referral(summary=other), key="batch-key-3"),
+        app.post(referral(summary=stored, submitted_by=ROOM_WORKER), key="batch-key-3"),  # as stored: the same
+    )
+    assert [a.status_code for a in answers] == [422, 202, 422, 202], [a.text for a in answers]
+    assert {a.json()["case_id"] for a in answers if a.status_code == 202} == {first.json()["case_id"]}
+    assert len(await cases_with(app.db, stored)) == 1 and await cases_with(app.db, other) == []
+
+
 async def test_a_token_revoked_after_it_was_cached_is_refused_alone_in_its_batch(app: App, db: Db) -> None:
     doomed = db.tokens[DOOMED]
     assert (await app.post(referral(), token=doomed)).status_code == 202  # now in the token cache

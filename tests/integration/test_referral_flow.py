@@ -179,6 +179,8 @@ async def test_an_idempotency_key_sent_again_with_a_different_referral_is_refuse
     first = await submit(stack, worker_token, referral(), key=key)
     reordered = dict(reversed(list(referral().items())))  # the same referral, its fields in another order
     assert (await submit(stack, worker_token, reordered, key=key)).json()["case_id"] == first.json()["case_id"]
+    named = referral(submitted_by=WORKER)  # the same again: intake fills in the caller when it is left out
+    assert (await submit(stack, worker_token, named, key=key)).json()["case_id"] == first.json()["case_id"]
     other = await submit(stack, worker_token, referral(category="mental_health", summary="另一位居民"), key=key)
     assert other.status_code == 422, other.text
     assert [f["field"] for f in other.json()["error"]["fields"]] == ["Idempotency-Key"]
@@ -189,10 +191,16 @@ async def test_an_idempotency_key_sent_again_with_a_different_referral_is_refuse
     await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(original).encode(), key=ROOM.encode())
     await _case_of_submission(stack, case_events, submission_id)
     changed = original | {"summary": "同一编号，另一份转介"}
-    await producer.send_and_wait(REFERRALS_SUBMITTED, json.dumps(changed).encode(), key=ROOM.encode())
+    sentinel_id = str(uuid.uuid4())  # behind the burst on the same partition: read after it
+    sentinel = referral(submission_id=sentinel_id, submitted_by=WORKER)
+    for message in (changed, original, original, sentinel):  # one burst: only the changed one is refused
+        await producer.send(REFERRALS_SUBMITTED, json.dumps(message).encode(), key=ROOM.encode())
+    await producer.flush()
+    await _case_of_submission(stack, case_events, sentinel_id)
     records = await rejections.wait_for(
         lambda records: any(json.loads(r.value)["submission_id"] == submission_id for r in records)
     )
+    await asyncio.sleep(1.0)  # a rejection of the resends would have been published with that one
     (rejection,) = [json.loads(r.value) for r in records if json.loads(r.value)["submission_id"] == submission_id]
     assert [e["field"] for e in rejection["errors"]] == ["submission_id"]
     rows = await stack.sql("SELECT count(*) AS n FROM intake.submission_keys WHERE key = $1", submission_id)
