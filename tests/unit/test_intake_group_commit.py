@@ -191,6 +191,13 @@ def test_one_key_of_one_user_shares_a_case_while_the_same_key_of_another_user_do
     assert share_cases(items, [1, 2]) == {1: 1, 2: 2}  # the first of the stored ones owns the case
 
 
+def test_one_key_with_two_referrals_shares_a_case_only_among_those_that_say_the_same() -> None:
+    other = HttpSubmission(submission().model_copy(update={"summary": "another"}), WORKER, "t-w", "k")
+    named = HttpSubmission(submission(submitted_by=WORKER.id), WORKER, "t-w", "k")  # as intake stores it
+    items = [other, item(key="k"), other, named]
+    assert share_cases(items, range(4)) == {0: 0, 1: 1, 2: 0, 3: 1}
+
+
 def test_the_token_cache_forgets_after_its_time_and_on_request() -> None:
     now = [0.0]
     cache = TokenCache(ttl=5, clock=lambda: now[0])
