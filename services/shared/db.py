@@ -38,6 +38,8 @@ SCHEMAS = ("shared", "intake", "router", "notifier")
 # length per batch once the tables grow. Statements run once per batch, so planning each is cheap.
 PLANNING = {"plan_cache_mode": "force_custom_plan"}
 CONNECT_TIMEOUT_SECONDS = 10.0
+# Far above any statement of the services (milliseconds; a batch of 1,000 rows well under a second).
+STATEMENT_TIMEOUT_SECONDS = 20.0
 
 
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
@@ -56,9 +58,11 @@ def service_connect_kwargs(settings: Settings) -> dict[str, Any]:
     relay's): its application name, PLANNING and the TLS arguments."""
     return {
         "server_settings": {"application_name": settings.kafka_client_id, **PLANNING},
-        # Seconds to open a connection (asyncpg's default is 60): a database that does not answer
-        # is reported (intake: 503) and retried sooner.
+        # Seconds to open a connection (asyncpg's default is 60), and for any one statement (asyncpg's
+        # default is none): a database that does not answer, frozen or cut off, is reported (intake: a
+        # JSON 503) and retried instead of holding a request or a batch until it comes back.
         "timeout": CONNECT_TIMEOUT_SECONDS,
+        "command_timeout": STATEMENT_TIMEOUT_SECONDS,
         **asyncpg_connect_kwargs(settings),
     }
 

@@ -27,7 +27,13 @@ from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import ValidationError
 
 import services.shared.db as db
-from services.shared.db import CONNECT_TIMEOUT_SECONDS, PLANNING, asyncpg_connect_kwargs, create_engine
+from services.shared.db import (
+    CONNECT_TIMEOUT_SECONDS,
+    PLANNING,
+    STATEMENT_TIMEOUT_SECONDS,
+    asyncpg_connect_kwargs,
+    create_engine,
+)
 from services.shared.kafka import _faststream_security, client_security, make_producer, ssl_context
 from services.shared.settings import Settings, get_settings
 
@@ -431,6 +437,7 @@ def test_unset_database_tls_leaves_the_connect_arguments_as_before(monkeypatch: 
     assert captured["connect_args"] == {
         "server_settings": {"application_name": "caselink", **PLANNING},
         "timeout": CONNECT_TIMEOUT_SECONDS,
+        "command_timeout": STATEMENT_TIMEOUT_SECONDS,
     }
 
 
@@ -444,6 +451,7 @@ def test_disable_and_prefer_pass_the_mode_to_asyncpg(mode: str, monkeypatch: pyt
     assert captured["connect_args"] == {
         "server_settings": {"application_name": "caselink", **PLANNING},
         "timeout": CONNECT_TIMEOUT_SECONDS,
+        "command_timeout": STATEMENT_TIMEOUT_SECONDS,
         "ssl": mode,
     }
 
