@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from schemas.referral import FieldError
 from services.intake import tables
 from services.intake.domain import may_see_case
-from services.intake.errors import ApiError
+from services.intake.errors import NO_BEARER, ApiError
 from services.shared.directory import (
     StationRow,
     User,
@@ -60,7 +60,7 @@ async def current_user(
 ) -> User:
     """The user of the bearer token, or 401."""
     if credentials is None:
-        raise ApiError(401, "an Authorization: Bearer <token> header is required")
+        raise ApiError(401, NO_BEARER)
     async with sessions_of(request)() as session:
         user = await authenticate(session, credentials.credentials)
     if user is None:
@@ -130,7 +130,7 @@ async def referral_caller(
     """`current_user` for POST /v1/referrals, from the token cache when it can be (see TokenCache);
     still checked before the body is parsed: 401, not 422, for a bad token."""
     if credentials is None:
-        raise ApiError(401, "an Authorization: Bearer <token> header is required")
+        raise ApiError(401, NO_BEARER)
     token_hash = hash_token(credentials.credentials)
     cache = token_cache_of(request)
     user = cache.get(token_hash)

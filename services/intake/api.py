@@ -27,7 +27,7 @@ from services.intake.access import (
 )
 from services.intake.batching import GroupCommit, GroupCommitClosed
 from services.intake.domain import MAX_JSON_DEPTH, MAX_REFERRAL_BYTES, is_json_content_type, json_nesting_exceeds
-from services.intake.errors import ApiError, error_responses
+from services.intake.errors import NO_BEARER, ApiError, error_responses, missing_bearer
 from services.intake.handlers import Accepted
 from services.intake.referral_batch import Forbidden, HttpSubmission, Refusal, Unauthorized, submission_refusal
 from services.shared.db import is_transient_db_error, transaction
@@ -54,6 +54,8 @@ class JsonBodyRoute(APIRoute):
             return handler
 
         async def checked(request: Request) -> Response:
+            if missing_bearer(request):
+                raise ApiError(401, NO_BEARER)
             if not is_json_content_type(request.headers.get("content-type")):
                 raise ApiError(415, "the body must be JSON, sent with Content-Type: application/json")
             length = request.headers.get("content-length", "")

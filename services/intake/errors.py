@@ -70,7 +70,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, exc.message, exc.fields), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if missing_bearer(request):  # FastAPI judges a body it cannot parse before any dependency
+            return JSONResponse(error_body("unauthorized", NO_BEARER), status_code=401)
         # FastAPI locates body errors under "body"; clients know the fields by their own names. A body
         # that is not JSON at all is located at a character offset, which is no field: the whole body.
         details = [{**d, "loc": _field_of(d)} for d in exc.errors()]
@@ -91,6 +93,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+NO_BEARER = "an Authorization: Bearer <token> header is required"
+
+
+def missing_bearer(request: Request) -> bool:
+    """A /v1 request without a bearer token: 401 comes before anything said about its body."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return request.url.path.startswith("/v1/") and (scheme.lower() != "bearer" or not token.strip())
 
 
 def _field_of(detail: dict[str, Any]) -> tuple[Any, ...]:

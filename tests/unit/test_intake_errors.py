@@ -87,7 +87,30 @@ async def test_a_body_that_is_not_json_is_an_error_of_the_whole_body_not_of_a_ch
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
         answer = await client.post(
-            "/v1/cases/c-1/decline", content=b'{"reason": "x",,}', headers={"Content-Type": "application/json"}
+            "/v1/cases/c-1/decline",
+            content=b'{"reason": "x",,}',
+            headers={"Content-Type": "application/json", "Authorization": "Bearer clk_any"},
         )
     assert answer.status_code == 422
     assert [f["field"] for f in answer.json()["error"]["fields"]] == ["$"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body"),
+    [
+        ("/v1/referrals", "text/plain", b"hello"),  # 415 for a caller with a token
+        ("/v1/referrals", "application/json", b"{not json"),  # 422 for a caller with a token
+        ("/v1/cases/c-1/decline", "application/json", b"{not json"),
+    ],
+    ids=["referral-not-json-type", "referral-garbage", "action-garbage"],
+)
+async def test_a_request_without_a_token_is_401_whatever_its_body(path: str, content_type: str, body: bytes) -> None:
+    from services.intake.app import create_app
+    from services.shared.settings import Settings
+
+    settings = Settings(database_url="postgresql+asyncpg://caselink@127.0.0.1:9/none", kafka_bootstrap="127.0.0.1:9")
+    transport = httpx.ASGITransport(app=create_app(settings))  # refused before anything is reached
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post(path, content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error"]["code"] == "unauthorized"
