@@ -79,6 +79,12 @@ def submission_fingerprint(submission: ReferralSubmission) -> str:
     return hashlib.sha256(said.encode()).hexdigest()
 
 
+def says_another_referral(claimed: str | None, fingerprint: str) -> bool:
+    """Whether a referral repeating a key says something else than the one that claimed it. A key
+    claimed before fingerprints were kept (None) takes any repeat, as it always did."""
+    return claimed is not None and claimed != fingerprint
+
+
 def key_reused(field: str, *, submission_id: str | None) -> SubmissionInvalid:
     """The refusal of a referral whose idempotency key came before with a different referral: storing
     nothing and answering with the earlier case would lose this one without a word."""

@@ -129,13 +129,10 @@ def _describe_validation_errors_as_they_are(app: FastAPI) -> None:
                     answer["content"] = {"application/json": {"schema": reference}}
                     if answer.get("description") == "Validation Error":
                         answer["description"] = "invalid input; `fields` names each field"
+        # Normally there already (error_responses names it); a bare app gets it and its parts here.
+        document = ErrorDocument.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.setdefault(
-            "ErrorDocument", ErrorDocument.model_json_schema(ref_template="#/components/schemas/{model}")
-        )
-        for name, definition in (
-            ErrorDocument.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {}).items()
-        ):
+        for name, definition in {**document.pop("$defs", {}), "ErrorDocument": document}.items():
             components.setdefault(name, definition)
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

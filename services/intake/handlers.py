@@ -26,6 +26,7 @@ from services.intake.domain import (
     key_reused,
     resident_ref,
     room_problems,
+    says_another_referral,
     submission_fingerprint,
 )
 from services.intake.referral_batch import HttpSubmission
@@ -134,7 +135,7 @@ async def accept_submission(
         raise SubmissionInvalid(problems, submission_id=idempotency_key)
     if not row.created:
         earlier = (await session.execute(_EARLIER_CASE, {"source": idempotency_source, "key": idempotency_key})).one()
-        if earlier.fingerprint not in (None, fingerprint):  # None: claimed before fingerprints were kept
+        if says_another_referral(earlier.fingerprint, fingerprint):
             raise key_reused(key_field, submission_id=idempotency_key)
         return Accepted(case_id=str(earlier.case_id), created=False)
     bind_message_context(case_id=case_id)
@@ -235,7 +236,7 @@ async def store_new_cases(
     for n in new:
         if n.key is not None and n.case_id not in claimed:
             case_id, fingerprint = earlier[(n.source, n.key)]
-            if fingerprint not in (None, prints[n.case_id]):  # None: claimed before fingerprints were kept
+            if says_another_referral(fingerprint, prints[n.case_id]):
                 accepted.append(key_reused(n.key_field, submission_id=n.key))
             else:
                 accepted.append(Accepted(case_id=case_id, created=False))

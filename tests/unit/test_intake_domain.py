@@ -17,6 +17,7 @@ from services.intake.domain import (
     parse_kafka_submission,
     resident_ref,
     room_problems,
+    says_another_referral,
     submission_fingerprint,
 )
 from services.shared.directory import StationRow, User
@@ -328,3 +329,9 @@ def test_a_submission_says_the_same_whatever_its_key_field_order_or_spacing() ->
 )
 def test_a_submission_that_says_something_else_has_another_fingerprint(change: dict[str, Any]) -> None:
     assert submission_fingerprint(_parsed(_message(**change))) != submission_fingerprint(_parsed(_message()))
+
+
+def test_a_key_claimed_before_fingerprints_were_kept_takes_any_repeat() -> None:
+    assert not says_another_referral(None, "f1")
+    assert not says_another_referral("f1", "f1")
+    assert says_another_referral("f1", "f2")
