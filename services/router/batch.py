@@ -91,7 +91,10 @@ class LiveNetwork:
         # Ended before this look at their rows (this transaction is active, whether begun yet or not).
         ended = [t for t in self._touched if not t.is_active]
         rows: Sequence[Row[Any]]
-        if self._network is None:
+        # Decided now, not after the await: a concurrent first refresh may load the network
+        # meanwhile, and these rows then have no loads to apply.
+        first = self._network is None
+        if first:
             rows = [(await session.execute(_VERSION_AND_XMIN)).one()]
         else:
             touched = sorted(set().union(*self._touched.values()))
@@ -101,7 +104,7 @@ class LiveNetwork:
         # The xmin of a statement before the load: whatever the load misses was written at or after it.
         self._since = rows[0].xmin
         # No version row (deleted by hand): nothing tells a change, so every batch reloads.
-        if self._network is None or version is None or version != self._version:
+        if first or self._network is None or version is None or version != self._version:
             self._network, self._version = await load_network(session), version
         else:
             changed = {row.worker_id: (row.load, row.idle_since) for row in rows if row.worker_id is not None}

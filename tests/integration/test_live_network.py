@@ -217,6 +217,25 @@ async def test_refreshes_side_by_side_both_forget_an_ended_transaction(
         assert loads(await live.refresh(session))["w3"] == BASE_LOAD
 
 
+async def test_two_first_refreshes_side_by_side_both_load_the_network(
+    sessions: async_sessionmaker[AsyncSession], live: LiveNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new router's first command batch runs side by side: a first refresh whose statement
+    returns after another one loaded the network must still load it (its row carries no loads;
+    this raised AttributeError on `worker_id` and sent the batch round again)."""
+    async with sessions() as session, session.begin():
+        execute = session.execute
+
+        async def another_refresh_meanwhile(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await execute(statement, *args, **kwargs)
+            if statement is batch._VERSION_AND_XMIN:
+                assert loads(await refresh(sessions, live))["w1"] == BASE_LOAD
+            return result
+
+        monkeypatch.setattr(session, "execute", another_refresh_meanwhile)
+        assert loads(await live.refresh(session)) == dict.fromkeys(WORKERS, BASE_LOAD)
+
+
 async def test_a_directory_change_reloads_the_network(
     sessions: async_sessionmaker[AsyncSession], live: LiveNetwork
 ) -> None:
