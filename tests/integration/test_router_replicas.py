@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from schemas.commands import CommandAction
 from tests.integration.router_harness import SYSTEM_USER, RouterHarness, running_harness
 from tests.support.case_checks import at, offer_overlaps, sequence_problems
 from tests.support.network_builder import NetworkBuilder, Subtree
@@ -173,6 +174,7 @@ class CommandStorm:
         self.rooms = rooms
         self.cases: set[str] = set()
         self.sent: list[str] = []
+        self.about: dict[str, str] = {}  # command id -> "case action", for a failure's message
         self.choices: Counter[str] = Counter()
         self._rng = random.Random(SEED)
         self._answered: set[str] = set()
@@ -192,21 +194,26 @@ class CommandStorm:
     def idle(self) -> bool:
         return self._offers.empty()
 
+    async def send(self, case: str, action: CommandAction, actor: str, **fields: Any) -> None:
+        command = await self.harness.send_command(case, action, actor, **fields)
+        self.sent.append(command)
+        self.about[command] = f"{case} {action}"
+
     async def run(self) -> None:
         while True:
             case, worker = await self._offers.get()
             choice = self._rng.choices(self.CHOICES, self.WEIGHTS)[0]
             self.choices[choice] += 1
-            send = self.harness.send_command
+            send = self.send
             if choice == "decline":
-                self.sent.append(await send(case, "decline", worker, reason="no room in my caseload"))
+                await send(case, "decline", worker, reason="no room in my caseload")
                 continue
             # Same key, same partition: the router sees accept before resolve or close.
-            self.sent.append(await send(case, "accept", worker))
+            await send(case, "accept", worker)
             if choice == "resolve":
-                self.sent.append(await send(case, "resolve", worker, outcome="resident linked to services"))
+                await send(case, "resolve", worker, outcome="resident linked to services")
             elif choice == "close":
-                self.sent.append(await send(case, "close", LOAD_SUPERVISOR, reason="handled outside caselink"))
+                await send(case, "close", LOAD_SUPERVISOR, reason="handled outside caselink")
 
 
 SETTLED = frozenset({"assigned", "queued", "accepted", "resolved", "closed"})
@@ -244,10 +251,13 @@ async def test_load_invariant_holds_after_1000_cases_across_two_routers(
         while not await settled():
             if time.monotonic() > deadline:
                 unsettled = [c for c in storm.cases if harness.events.last(c) not in SETTLED]
+                unanswered = [c for c in storm.sent if c not in harness.results.by_command]
                 raise AssertionError(
                     f"not settled after 150s: {len(storm.cases)} cases seen, {len(unsettled)} unsettled, "
-                    f"{sum(c not in harness.results.by_command for c in storm.sent)} of {len(storm.sent)} "
-                    f"commands unanswered\n{_explain_some(harness, unsettled)}\n{harness.diagnostics()}"
+                    f"{len(unanswered)} of {len(storm.sent)} commands unanswered "
+                    f"{[f'{c} ({storm.about[c]})' for c in unanswered[:5]]}\n"
+                    f"{_explain_some(harness, unsettled + [storm.about[c].split()[0] for c in unanswered])}\n"
+                    f"{harness.diagnostics()}"
                 )
             await asyncio.sleep(0.25)
     finally:
