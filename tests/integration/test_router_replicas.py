@@ -25,7 +25,7 @@ from tests.support.case_checks import at, offer_overlaps, sequence_problems
 from tests.support.network_builder import NetworkBuilder, Subtree
 from tests.support.topic_log import short_type
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 POLICY = """\
 version: 1
@@ -218,6 +218,10 @@ class CommandStorm:
 
 SETTLED = frozenset({"assigned", "queued", "accepted", "resolved", "closed"})
 LOAD_CASES = 1000
+# Alone on this 2-core machine the storm settles in 30-40 s; in CI, beside three other test
+# workers, one run had 4 commands unanswered after 150 s, both routers still answering commands
+# (a few per second) when it gave up. The budget is for a loaded machine, not a slow router.
+SETTLE_WITHIN = 210
 
 
 async def test_load_invariant_holds_after_1000_cases_across_two_routers(
@@ -247,13 +251,13 @@ async def test_load_invariant_holds_after_1000_cases_across_two_routers(
                 and await harness.outbox_size() == 0
             )
 
-        deadline = started + 150
+        deadline = started + SETTLE_WITHIN
         while not await settled():
             if time.monotonic() > deadline:
                 unsettled = [c for c in storm.cases if harness.events.last(c) not in SETTLED]
                 unanswered = [c for c in storm.sent if c not in harness.results.by_command]
                 raise AssertionError(
-                    f"not settled after 150s: {len(storm.cases)} cases seen, {len(unsettled)} unsettled, "
+                    f"not settled after {SETTLE_WITHIN}s: {len(storm.cases)} cases seen, {len(unsettled)} unsettled, "
                     f"{len(unanswered)} of {len(storm.sent)} commands unanswered "
                     f"{[f'{c} ({storm.about[c]})' for c in unanswered[:5]]}\n"
                     f"{_explain_some(harness, unsettled + [storm.about[c].split()[0] for c in unanswered])}\n"
