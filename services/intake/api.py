@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from schemas.referral import ROOT_FIELD, FieldError, ReferralSubmission
@@ -41,6 +41,32 @@ class ReferralAccepted(BaseModel):
 
     case_id: str
     status: str = "received"
+
+
+class CaseDeadlines(BaseModel):
+    """When the case's current offer must be accepted, and when the case must be resolved."""
+
+    accept_by: str | None = Field(description="RFC 3339; set while the case is offered to a worker")
+    resolve_by: str | None = Field(description="RFC 3339; from the first routing on")
+
+
+class CaseView(BaseModel):
+    """A case as a person who may see it reads it: where it is now, and everything that happened."""
+
+    case_id: str
+    status: str = Field(description="received, routed, escalated, offered, queued, accepted, in_progress, …")
+    tier: str
+    station_id: str
+    room_id: str
+    category: str
+    risk_level: str
+    assignee_id: str | None = Field(description="the worker offered or holding the case")
+    deadlines: CaseDeadlines
+    received_at: str = Field(description="RFC 3339")
+    explanation: dict[str, Any] | None = Field(description="the last routing decision's explanation")
+    timeline: list[dict[str, Any]] = Field(
+        description="the case's events in sequence order, each the CloudEvent as on caselink.case.events"
+    )
 
 
 class JsonBodyRoute(APIRoute):
@@ -139,8 +165,8 @@ def referral_writer_of(request: Request) -> GroupCommit[HttpSubmission, Accepted
     return request.app.state.referral_writer
 
 
-@router.get("/v1/cases/{case_id}", tags=["cases"], responses=error_responses(401, 404))
-async def get_case(request: Request, case_id: CaseId, user: CurrentUser) -> dict[str, Any]:
+@router.get("/v1/cases/{case_id}", tags=["cases"], response_model=CaseView, responses=error_responses(401, 404))
+async def get_case(request: Request, case_id: CaseId, user: CurrentUser) -> CaseView:
     """The case: status, tier, station, assignee, deadlines and its timeline of events."""
     async with transaction(sessions_of(request)) as session:
         case = await visible_case(session, user, case_id)
@@ -153,23 +179,23 @@ async def get_case(request: Request, case_id: CaseId, user: CurrentUser) -> dict
             )
         ).scalars()
         events = list(timeline)
-        return {
-            "case_id": case.case_id,
-            "status": case.status,
-            "tier": case.tier,
-            "station_id": case.station_id,
-            "room_id": case.room_id,
-            "category": case.category,
-            "risk_level": case.risk_level,
-            "assignee_id": case.assignee_id,
-            "deadlines": {
-                "accept_by": rfc3339(case.accept_by) if case.accept_by else None,
-                "resolve_by": _latest(events, "resolve_by"),
-            },
-            "received_at": rfc3339(case.received_at),
-            "explanation": _latest(events, "explanation"),
-            "timeline": events,
-        }
+        return CaseView(
+            case_id=case.case_id,
+            status=case.status,
+            tier=case.tier,
+            station_id=case.station_id,
+            room_id=case.room_id,
+            category=case.category,
+            risk_level=case.risk_level,
+            assignee_id=case.assignee_id,
+            deadlines=CaseDeadlines(
+                accept_by=rfc3339(case.accept_by) if case.accept_by else None,
+                resolve_by=_latest(events, "resolve_by"),
+            ),
+            received_at=rfc3339(case.received_at),
+            explanation=_latest(events, "explanation"),
+            timeline=events,
+        )
 
 
 def _latest(events: list[dict[str, Any]], field: str) -> Any:

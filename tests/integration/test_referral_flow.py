@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import REFERRALS_SUBMITTED
+from services.intake.api import CaseView
 from services.notifier.channels import verify_signature
 from services.shared.consuming import record_id
 from services.shared.demo import demo_secret
@@ -315,6 +316,14 @@ async def test_case_read_model_shows_status_and_timeline(
     assert case["deadlines"]["accept_by"] == assigned["accept_by"] and assigned["accept_by"].endswith("Z")
     assert case["received_at"].endswith("Z") and case["deadlines"]["resolve_by"].endswith("Z")
     assert_no_personal_data(json.dumps(case, ensure_ascii=False))
+    # What /openapi.json promises an integrator's generated client is what the route answers.
+    async with httpx.AsyncClient(base_url=stack.http, trust_env=False) as client:
+        openapi = (await client.get("/openapi.json")).json()
+    answer = openapi["paths"]["/v1/cases/{case_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/CaseView"}
+    described = openapi["components"]["schemas"]["CaseView"]
+    assert set(case) == set(described["properties"]) == set(described["required"])
+    CaseView.model_validate(case)
 
 
 async def test_crisis_cases_go_lateral_then_up_the_tiers_as_capacity_runs_out_then_queue(
