@@ -20,6 +20,7 @@ from services.router.lifecycle import (
     Context,
     Decision,
     Emit,
+    offer_cannot_stand,
     offer_ended,
     offer_to,
     place,
@@ -56,7 +57,7 @@ def decide_command(state: CaseState, command: CaseCommand, actor: Actor | None, 
 
 
 def _require_assignee(state: CaseState, actor: Actor | None, action: str) -> None:
-    if actor is None or actor.id != state.assignee_id:
+    if actor is None or actor.id != state.assignee_id or actor.role != "worker":
         raise CommandRefused("forbidden", f"only the worker holding the case may {action} it")
 
 
@@ -74,10 +75,8 @@ def _worker_action(state: CaseState, command: CaseCommand, ctx: Context) -> Deci
     if command.action == "decline":
         return offer_ended(state, ctx, how="declined", reason=(command.reason or "").strip())
     if command.action == "accept":
-        holder = ctx.network.worker(str(worker))
-        if holder is None or not holder.on_duty:
-            # The router's next sweep withdraws the offer and makes it to someone on duty.
-            why = "is off duty" if holder is not None else "is no longer a worker here"
+        if (why := offer_cannot_stand(state, ctx)) is not None:
+            # The router's next sweep withdraws the offer and makes it to someone who can take it.
             raise CommandRefused("conflict", f"worker {worker} {why}: the offer goes to someone else")
         accepted = replace(state, status="accepted", accept_by=None, accept_warn_at=None)
         return Decision(

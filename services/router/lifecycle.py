@@ -20,6 +20,7 @@ from services.router.domain import (
     Network,
     Placement,
     Station,
+    certification_rank,
     explain_placement,
     find_placement,
     need_for,
@@ -306,18 +307,53 @@ def offer_ended(state: CaseState, ctx: Context, *, how: OfferEnd, reason: str | 
     return Decision(placed, (ended, up, *events), release=worker, offer=offer, ended_offer=record)
 
 
-def withdraw_unavailable_offer(state: CaseState, ctx: Context) -> Decision | None:
-    """End an offer whose worker went off duty or is no longer a worker (CONTRACT §6: a case never
-    goes to a worker who is off duty): `offer_expired` saying why, then on as for a lapsed offer.
-    None if the offer still stands."""
+def offer_cannot_stand(state: CaseState, ctx: Context) -> str | None:
+    """Why the worker holding the case's offer may no longer take it, as the directory now stands
+    ("went off duty", to follow "the worker" or "worker w-…"), or None while the offer stands.
+    CONTRACT §6: never to a worker who is off duty, over capacity or without the certification
+    the case needs; the router offers a case to the workers of the station it is at.
+
+    The specialty is not asked again: a supervisor may assign a case outside a worker's specialty."""
     if state.status != "offered" or state.assignee_id is None:
         return None
     worker = ctx.network.worker(state.assignee_id)
-    if worker is not None and worker.on_duty:
+    if worker is None:
+        return "is no longer a worker here"
+    if not worker.on_duty:
+        return "went off duty"
+    if worker.station_id != state.station_id:
+        return f"moved to {worker.station_id}"
+    if certification_rank(worker.certification) < certification_rank(state.need.certification):
+        return f"is certified {worker.certification}; the case needs {state.need.certification}"
+    if worker.load > worker.capacity:  # the offer's own weight is in the load already
+        return f"has {worker.load} in use of a capacity lowered to {worker.capacity}"
+    return None
+
+
+def withdraw_unavailable_offer(state: CaseState, ctx: Context) -> Decision | None:
+    """End an offer that cannot stand (`offer_cannot_stand`): `offer_expired` with the reason
+    ("the worker went off duty"), then on as for a lapsed offer. None if the offer still stands."""
+    why = offer_cannot_stand(state, ctx)
+    if why is None or state.assignee_id is None:
         return None
-    why = "the worker went off duty" if worker is not None else "the worker is no longer a worker here"
-    decision = offer_ended(state, ctx, how="offer_expired", reason=why)
+    decision = offer_ended(state, ctx, how="offer_expired", reason=f"the worker {why}")
     return replace(decision, ended_offer=(state.assignee_id, "withdrawn"))
+
+
+def hand_back_from_non_worker(state: CaseState, ctx: Context) -> Decision | None:
+    """A case accepted by someone who is no longer a worker (made a supervisor, say) cannot be
+    worked by them: it is placed again from its station, as a new offer, escalation or queue,
+    whose explanation says whose it was and why. None if its holder is still a worker."""
+    holder = state.assignee_id
+    if state.status not in ("accepted", "in_progress") or holder is None or ctx.network.worker(holder) is not None:
+        return None
+    free = replace(state, status="routed", assignee_id=None, accept_by=None, accept_warn_at=None)
+    placed, events, offer = place(free, ctx.network.stations[state.station_id], ctx)
+    *before, last = events
+    handed_back = {"from_worker_id": holder, "reason": "the worker is no longer a worker here"}
+    explanation = {**last.fields.get("explanation", {}), "handed_back": handed_back}
+    explained = replace(last, fields=last.fields | {"explanation": explanation})
+    return Decision(placed, (*before, explained), release=holder, offer=offer)
 
 
 def fire_due(state: CaseState, ctx: Context) -> Decision | None:

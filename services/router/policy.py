@@ -187,12 +187,16 @@ class Rule(_Strict):
         return len(self.cases()) == len(CATEGORIES) * len(RISK_LEVELS)
 
 
+# A case's share of a worker's capacity (network.MAX_CAPACITY at most); stored in an integer column.
+MAX_LOAD_WEIGHT = 1_000
+
+
 class Policy(_Strict):
     """A validated routing policy; rules are tried in order and the first match wins."""
 
     version: int = Field(ge=1)
     sla: dict[str, Sla]
-    load_weight: dict[str, Annotated[int, Field(ge=1)]]
+    load_weight: dict[str, Annotated[int, Field(ge=1, le=MAX_LOAD_WEIGHT)]]
     offers_per_tier: int = Field(ge=1)
     lateral: bool
     rules: list[Rule]

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from functools import partial
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from schemas.vocabulary import CERTIFICATIONS
 from services.router import tables
 from services.router.handlers import NetworkCache, decide_and_apply, lock_case, state_from_row
-from services.router.lifecycle import CaseState, Context, Decision, fire_due, offer_queued, withdraw_unavailable_offer
+from services.router.lifecycle import (
+    HOLDING,
+    CaseState,
+    Context,
+    Decision,
+    fire_due,
+    hand_back_from_non_worker,
+    offer_queued,
+    withdraw_unavailable_offer,
+)
 from services.router.policy import Policy
 from services.shared.db import is_transient_db_error, most_urgent_first, retry_conflicts, transaction
 from services.shared.logging import get_logger
@@ -28,12 +39,27 @@ log = get_logger(__name__)
 
 # Most urgent first: risk, then the longest wait.
 _URGENCY = most_urgent_first(tables.cases.c.risk_level)
-# Workers holding something (an offer among it, maybe) who may no longer be offered a case: off duty,
-# another role now, or gone. A few rows of worker_load, so this is cheap to ask at every tick.
+_GONE = "(u.id IS NULL OR u.role <> 'worker' OR u.station_id IS NULL)"
+# Workers holding something whose offers may no longer stand: off duty, over a lowered capacity, or
+# no longer workers at all (`gone`: then what they accepted goes back too). A few rows of
+# worker_load, so this is cheap to ask at every tick.
 _UNAVAILABLE_HOLDERS = text(
-    "SELECT l.worker_id FROM router.worker_load l LEFT JOIN shared.users u ON u.id = l.worker_id "
-    "WHERE l.load > 0 AND (u.id IS NULL OR u.role <> 'worker' OR NOT u.on_duty OR u.station_id IS NULL)"
+    f"SELECT l.worker_id, {_GONE} AS gone FROM router.worker_load l LEFT JOIN shared.users u ON u.id = l.worker_id "
+    f"WHERE l.load > 0 AND ({_GONE} OR NOT u.on_duty OR l.load > u.capacity)"
 )
+_DIRECTORY_VERSION = text("SELECT version FROM shared.directory_version")
+# Offers whose worker now works at another station or holds a lower certification than the case
+# needs: one look at every open offer, so asked only after the directory changed.
+_OFFERS_OUT_OF_PLACE = text(
+    "SELECT c.case_id FROM router.cases c JOIN shared.users u ON u.id = c.assignee_id "
+    "WHERE c.status = 'offered' AND (u.station_id IS DISTINCT FROM c.station_id "
+    "OR array_position(CAST(:ranks AS text[]), u.certification) "
+    "< array_position(CAST(:ranks AS text[]), c.need_certification)) "
+    "ORDER BY c.case_id LIMIT :limit"
+)
+# How long offers are looked at again after a directory change: a routing batch that chose from the
+# network as it was before the change may commit its offers a little later.
+DIRECTORY_SETTLES_SECONDS = 30.0
 
 
 class DeadlineSweep:
@@ -54,6 +80,9 @@ class DeadlineSweep:
         self._task: asyncio.Task[None] | None = None
         self.fired = 0
         self.withdrawn = 0
+        self.handed_back = 0
+        self._directory: int | None = None  # the directory version offers were last checked against
+        self._directory_settles_at = 0.0  # (monotonic) until then, offers are checked at every tick
         self.offered_from_queue = 0
 
     async def start(self) -> None:
@@ -130,23 +159,46 @@ class DeadlineSweep:
         # offer a batch made from a snapshot taken just before such a change is caught here too.
         cases = tables.cases.c
         async with self._sessions() as session:
-            holders = list((await session.execute(_UNAVAILABLE_HOLDERS)).scalars())
-            if not holders:
-                return
-            offered = (
-                await session.execute(
-                    select(cases.case_id)
-                    .where(cases.status == "offered", cases.assignee_id.in_(holders))
-                    .order_by(_URGENCY, cases.case_id)
-                    .limit(self._batch)
+            holders = (await session.execute(_UNAVAILABLE_HOLDERS)).all()
+            case_ids: list[str] = []
+            if holders:
+                gone = [row.worker_id for row in holders if row.gone]
+                held = (
+                    await session.execute(
+                        select(cases.case_id)
+                        .where(
+                            ((cases.status == "offered") & cases.assignee_id.in_([row.worker_id for row in holders]))
+                            | (cases.status.in_(("accepted", "in_progress")) & cases.assignee_id.in_(gone))
+                        )
+                        .order_by(_URGENCY, cases.case_id)
+                        .limit(self._batch)
+                    )
+                ).scalars()
+                case_ids.extend(held)
+            if await self._directory_changed(session):
+                out_of_place = await session.execute(
+                    _OFFERS_OUT_OF_PLACE, {"ranks": list(CERTIFICATIONS), "limit": self._batch}
                 )
-            ).scalars()
-            case_ids = list(offered)
+                case_ids.extend(set(out_of_place.scalars()) - set(case_ids))
         for case_id in case_ids:
-            withdraw = partial(self._apply_if, case_id, "offered", withdraw_unavailable_offer, networks)
+            withdraw = partial(self._apply_if, case_id, HOLDING, _take_back, networks)
             if (decision := await retry_conflicts(withdraw, what="router.sweep")) is not None:
-                self.withdrawn += 1
-                log.info("router.offer_withdrawn", case_id=case_id, events=[e.name for e in decision.events])
+                if decision.ended_offer is not None:
+                    self.withdrawn += 1
+                    log.info("router.offer_withdrawn", case_id=case_id, events=[e.name for e in decision.events])
+                else:
+                    self.handed_back += 1
+                    log.info("router.case_handed_back", case_id=case_id, events=[e.name for e in decision.events])
+
+    async def _directory_changed(self, session: AsyncSession) -> bool:
+        """Whether the directory changed since the last look, or did so less than
+        DIRECTORY_SETTLES_SECONDS ago (the first look counts as a change)."""
+        version = (await session.execute(_DIRECTORY_VERSION)).scalar()
+        now = time.monotonic()
+        if version is None or version != self._directory:
+            self._directory = version
+            self._directory_settles_at = now + DIRECTORY_SETTLES_SECONDS
+        return now < self._directory_settles_at
 
     async def _offer_queued(self, networks: NetworkCache) -> None:
         # Every tick, not only after a visible change: a release committed by another router
@@ -183,15 +235,15 @@ class DeadlineSweep:
     async def _apply_if(
         self,
         case_id: str,
-        status: str,
+        status: str | frozenset[str],
         decide: Callable[[CaseState, Context], Decision | None],
         networks: NetworkCache,
     ) -> Decision | None:
-        """Lock the case (skipped while another replica holds it) and, if it is still `status`,
+        """Lock the case (skipped while another replica holds it) and, if it is still `status` (or one of them),
         apply `decide` to it in this transaction; None if nothing was done."""
         async with transaction(self._sessions) as session:
             state: CaseState | None = await lock_case(session, case_id, skip_locked=True)
-            if state is None or state.status != status:
+            if state is None or state.status not in ({status} if isinstance(status, str) else status):
                 return None
             current = state
             return await decide_and_apply(
@@ -202,3 +254,11 @@ class DeadlineSweep:
                 resident_ref=current.facts.resident_ref,
                 networks=networks,
             )
+
+
+def _take_back(state: CaseState, ctx: Context) -> Decision | None:
+    """An offer that can no longer stand is withdrawn; a case whose holder is no longer a worker
+    goes back to be placed again."""
+    if state.status == "offered":
+        return withdraw_unavailable_offer(state, ctx)
+    return hand_back_from_non_worker(state, ctx)

@@ -39,6 +39,10 @@ rules:
   - name: start-at-county
     when: {category: [family_support]}
     tier: county
+  - name: certified
+    when: {category: [community_governance]}
+    tier: township
+    require: {certification: assistant}
   - name: default
     tier: township
 """
@@ -54,13 +58,19 @@ DECLINE = "livelihood"
 MANUAL = "family_support"
 WITHDRAW = "medical_social_work"
 UNRELATED = "resource_linkage"  # a specialty no scenario asks for
+MOVED = "child_protection"
+CERTIFIED = "community_governance"  # the `certified` rule: assistant or above
+SHRUNK = "crisis_intervention"
 
 
 def build_network() -> tuple[NetworkBuilder, dict[str, Subtree]]:
     net = NetworkBuilder()
     net.station(CITY, "city")
     net.system_user(SYSTEM_USER)
-    trees = {name: net.subtree(name, city=CITY) for name in ("EX", "LA", "QU", "RS", "DE", "MA", "WD")}
+    trees = {
+        name: net.subtree(name, city=CITY)
+        for name in ("EX", "LA", "QU", "RS", "DE", "MA", "WD", "DM", "DK", "DL", "DH")
+    }
 
     net.worker("ex-t1", "T-EX-1", [EXPIRY])
     net.worker("ex-t2", "T-EX-1", [EXPIRY])
@@ -88,6 +98,14 @@ def build_network() -> tuple[NetworkBuilder, dict[str, Subtree]]:
 
     net.worker("wd-t1", "T-WD-1", [WITHDRAW])
     net.worker("wd-t2", "T-WD-1", [WITHDRAW])
+
+    # Directory changes under open cases: a worker moved, certified lower, given less capacity, or
+    # made a supervisor (each in a county of their own).
+    for tree, specialty in (("DM", MOVED), ("DK", CERTIFIED), ("DH", MOVED)):
+        for n in (1, 2):
+            net.worker(f"{tree.lower()}-t{n}", f"T-{tree}-1", [specialty])
+    net.worker("dl-t1", "T-DL-1", [SHRUNK])  # gets both cases of its scenario
+    net.worker("dl-t2", "T-DL-2", [SHRUNK])  # the sibling township's
     return net, trees
 
 
@@ -291,6 +309,89 @@ async def test_an_offer_to_a_worker_who_goes_off_duty_moves_on_without_waiting_f
     assert offers[1]["data"]["worker_id"] == second, explain(harness, case)
     assert main_path(harness.events.of(case)) == ["received", "routed", "assigned", "offer_expired", "assigned"]
     assert (await harness.load_of(first), await harness.load_of(second)) == (0, 1)
+    assert_gap_free(harness, case)
+    await assert_load_invariant(harness)
+
+
+async def test_offers_the_directory_no_longer_allows_are_withdrawn_and_cannot_be_accepted(
+    harness: RouterHarness, trees: dict[str, Subtree]
+) -> None:
+    """`caselink network load` moves one offered worker to another township, certifies another
+    below what their case needs, and lowers a third one's capacity below their load."""
+    cases = {
+        tree: await harness.submit_case(trees[tree].room(), category, "medium")
+        for tree, category in (("DM", MOVED), ("DK", CERTIFIED))
+    }
+    first = {
+        tree: (await harness.events.wait_for_count(case, "assigned", 1, within=15))[0]["data"]["worker_id"]
+        for tree, case in cases.items()
+    }
+    shrunk = [await harness.submit_case(trees["DL"].room(), SHRUNK, "medium") for _ in range(2)]
+    for case in shrunk:
+        offer = (await harness.events.wait_for_count(case, "assigned", 1, within=15))[0]["data"]
+        assert offer["worker_id"] == "dl-t1", explain(harness, case)
+    users = harness.network.users
+    users[first["DM"]]["station"] = "T-DM-2"
+    users[first["DK"]]["certification"] = "none"
+    users["dl-t1"]["capacity"] = 1  # two offers of weight 1 out
+    await harness.load_network()
+    changed_at = time.monotonic()
+    late = {tree: await harness.command(case, "accept", first[tree]) for tree, case in cases.items()}
+
+    reasons = {"DM": "the worker moved to T-DM-2", "DK": "the worker is certified none; the case needs assistant"}
+    for tree, case in cases.items():
+        offers = await harness.events.wait_for_count(case, "assigned", 2, within=10)
+        assert late[tree]["outcome"] in ("conflict", "forbidden"), late[tree]
+        withdrawn = harness.events.named(case, "offer_expired")[0]["data"]
+        assert (withdrawn["worker_id"], withdrawn["reason"]) == (first[tree], reasons[tree]), explain(harness, case)
+        second = offers[1]["data"]["worker_id"]
+        assert second == ({f"{tree.lower()}-t1", f"{tree.lower()}-t2"} - {first[tree]}).pop(), explain(harness, case)
+        assert (await harness.load_of(first[tree]), await harness.load_of(second)) == (0, 1)
+        assert_gap_free(harness, case)
+
+    # One of the two offers goes (to the sibling township), which brings dl-t1 back within capacity.
+    def withdrawn_from_dl_t1() -> list[str]:
+        return [case for case in shrunk if harness.events.named(case, "offer_expired")]
+
+    await harness.events.wait_for(withdrawn_from_dl_t1, within=10, what="a withdrawal from dl-t1")
+    waited = time.monotonic() - changed_at
+    assert waited < 5.0, f"offers the directory no longer allows stood {waited:.1f}s (their deadline is an hour away)"
+    await harness.settle()
+    moved_on = withdrawn_from_dl_t1()
+    assert len(moved_on) == 1 and len(harness.events.named(moved_on[0], "assigned")) == 2, explain(harness, moved_on[0])
+    withdrawn = harness.events.named(moved_on[0], "offer_expired")[0]["data"]
+    assert withdrawn["reason"] == "the worker has 2 in use of a capacity lowered to 1"
+    assert harness.events.named(moved_on[0], "assigned")[1]["data"]["worker_id"] == "dl-t2"
+    kept = ({*shrunk} - {moved_on[0]}).pop()
+    assert harness.events.last(kept) == "assigned", explain(harness, kept)
+    assert (await harness.load_of("dl-t1"), await harness.load_of("dl-t2")) == (1, 1)
+    assert (await harness.command(kept, "accept", "dl-t1"))["outcome"] == "applied"
+    await assert_load_invariant(harness)
+
+
+async def test_a_case_accepted_by_a_worker_made_supervisor_goes_to_another_worker(
+    harness: RouterHarness, trees: dict[str, Subtree]
+) -> None:
+    case = await harness.submit_case(trees["DH"].room(), MOVED, "medium")
+    holder = (await harness.events.wait_for_count(case, "assigned", 1, within=15))[0]["data"]["worker_id"]
+    accepted = await harness.command(case, "accept", holder)
+    assert accepted["outcome"] == "applied", accepted
+
+    harness.network.supervisor(holder, "T-DH-1")
+    await harness.load_network()
+
+    offers = await harness.events.wait_for_count(case, "assigned", 2, within=10)
+    again = offers[1]["data"]
+    other = ({"dh-t1", "dh-t2"} - {holder}).pop()
+    assert again["worker_id"] == other, explain(harness, case)
+    assert again["explanation"]["handed_back"] == {
+        "from_worker_id": holder,
+        "reason": "the worker is no longer a worker here",
+    }
+    assert main_path(harness.events.of(case)) == ["received", "routed", "assigned", "accepted", "assigned"]
+    refused = await harness.command(case, "start", holder)  # not theirs, and no longer accepted
+    assert refused["outcome"] in ("conflict", "forbidden"), refused
+    assert (await harness.load_of(holder), await harness.load_of(other)) == (0, 1)
     assert_gap_free(harness, case)
     await assert_load_invariant(harness)
 

@@ -1,6 +1,7 @@
 """Workers' and supervisors' actions on a case: what each does, and why it may be refused."""
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -124,10 +125,43 @@ def test_a_worker_who_went_off_duty_cannot_accept_the_offer_they_still_hold() ->
         decide(offered(), "accept", W1, off_duty)
     assert (refused.value.outcome, str(refused.value)) == (
         "conflict",
-        "worker w-1 is off duty: the offer goes to someone else",
+        "worker w-1 went off duty: the offer goes to someone else",
     )
     assert refusal(offered(), "accept", W1, without_w1) == "conflict"
     assert names(decide(offered(), "decline", W1, off_duty, reason="on leave")) == ["declined", "assigned"]
+
+
+@pytest.mark.parametrize(
+    ("now", "why"),
+    [
+        (worker("w-1", "T2", load=1), "moved to T2"),
+        (worker("w-1", "T1", load=1, cert="none"), "is certified none; the case needs assistant"),
+        (worker("w-1", "T1", load=3, capacity=2, cert="assistant"), "has 3 in use of a capacity lowered to 2"),
+    ],
+    ids=["moved", "certification-lowered", "capacity-lowered"],
+)
+def test_an_offer_the_directory_no_longer_allows_cannot_be_accepted_but_can_be_declined(now: Worker, why: str) -> None:
+    """`caselink network load` changed the worker after the offer was made (CONTRACT §6)."""
+    state = offered()
+    needs_assistant = replace(state, need=replace(state.need, certification="assistant"))
+    changed = network(now, worker("w-2", "T1", "livelihood", cert="senior", load=3))
+
+    with pytest.raises(CommandRefused) as refused:
+        decide(needs_assistant, "accept", W1, changed)
+    assert (refused.value.outcome, str(refused.value)) == (
+        "conflict",
+        f"worker w-1 {why}: the offer goes to someone else",
+    )
+    assert names(decide(needs_assistant, "decline", W1, changed, reason="moved")) == ["declined", "assigned"]
+
+
+@pytest.mark.parametrize("role", ["supervisor", "system"])
+def test_the_holder_who_is_no_longer_a_worker_cannot_work_the_case(role: str) -> None:
+    """Made a supervisor or a system user by a network load: the user id still matches the
+    assignee, but only a worker works a case (the sweep hands it back)."""
+    former = Actor("w-1", role, "T1")
+    for state, action in [(accepted(), "start"), (accepted(), "resolve"), (in_progress(), "resolve")]:
+        assert refusal(state, action, former) == "forbidden"
 
 
 @pytest.mark.parametrize("actor", [W2, supervisor("T1"), None], ids=["other-worker", "supervisor", "unknown-user"])

@@ -16,6 +16,7 @@ from services.router.lifecycle import (
     Emit,
     admit,
     fire_due,
+    hand_back_from_non_worker,
     offer_ended,
     offer_queued,
     place,
@@ -243,11 +244,75 @@ def test_an_offer_held_by_someone_no_longer_a_worker_is_withdrawn_too() -> None:
     assert decision.events[0].fields["reason"] == "the worker is no longer a worker here"
 
 
+@pytest.mark.parametrize(
+    ("w1", "reason"),
+    [
+        (worker("w-1", "T2", load=1), "the worker moved to T2"),
+        (worker("w-1", "T1", load=3, capacity=2), "the worker has 3 in use of a capacity lowered to 2"),
+    ],
+    ids=["moved", "capacity-lowered"],
+)
+def test_an_offer_the_directory_no_longer_allows_is_withdrawn(w1: Worker, reason: str) -> None:
+    decision = withdraw_unavailable_offer(offered_to_w1(), context(network(w1, worker("w-2", "T1", load=3))))
+
+    assert decision is not None and names(decision) == ["offer_expired", "assigned"]
+    assert decision.events[0].fields == {"worker_id": "w-1", "reason": reason}
+    assert (decision.release, decision.ended_offer, decision.events[1].fields["worker_id"]) == (
+        "w-1",
+        ("w-1", "withdrawn"),
+        "w-2",
+    )
+
+
+def test_an_offer_to_a_worker_below_the_certification_the_case_needs_is_withdrawn() -> None:
+    state = offered_to_w1()
+    needs_assistant = replace(state, need=replace(state.need, certification="assistant"))
+    senior = Worker("w-2", "T1", frozenset({"livelihood"}), "senior", 10, True, 3)
+
+    decision = withdraw_unavailable_offer(needs_assistant, context(network(worker("w-1", "T1", load=1), senior)))
+
+    assert decision is not None and names(decision) == ["offer_expired", "assigned"]
+    assert decision.events[0].fields["reason"] == "the worker is certified none; the case needs assistant"
+
+
 def test_an_offer_to_a_worker_on_duty_stands() -> None:
     state = offered_to_w1()
 
     assert withdraw_unavailable_offer(state, context(TOWNSHIP_PAIR)) is None
     assert withdraw_unavailable_offer(replace(state, status="accepted"), context(network())) is None
+
+
+# --- hand_back_from_non_worker: an accepted case whose holder is no longer a worker ----------
+
+
+def test_a_case_accepted_by_someone_no_longer_a_worker_is_offered_again_saying_whose_it_was() -> None:
+    state = accepted(offered_to_w1())
+    for status in ("accepted", "in_progress"):
+        decision = hand_back_from_non_worker(replace(state, status=status), context(network(worker("w-2", "T1"))))
+
+        assert decision is not None and names(decision) == ["assigned"]
+        assert decision.events[0].fields["worker_id"] == "w-2"
+        assert decision.events[0].fields["explanation"]["handed_back"] == {
+            "from_worker_id": "w-1",
+            "reason": "the worker is no longer a worker here",
+        }
+        assert (decision.release, decision.offer is not None, decision.ended_offer) == ("w-1", True, None)
+        assert (decision.state.status, decision.state.assignee_id) == ("offered", "w-2")
+
+
+def test_a_handed_back_case_nobody_can_take_waits_in_the_queue_at_the_top() -> None:
+    decision = hand_back_from_non_worker(accepted(offered_to_w1()), context(network()))
+
+    assert decision is not None and names(decision)[-1] == "queued"
+    assert decision.events[-1].fields["explanation"]["handed_back"]["from_worker_id"] == "w-1"
+    assert (decision.state.status, decision.state.assignee_id, decision.release) == ("queued", None, "w-1")
+
+
+def test_a_case_held_by_a_worker_stays_with_them_even_off_duty_or_moved() -> None:
+    state = accepted(offered_to_w1())
+    for w1 in (worker("w-1", "T1", on_duty=False), worker("w-1", "T2")):
+        assert hand_back_from_non_worker(state, context(network(w1))) is None
+    assert hand_back_from_non_worker(offered_to_w1(), context(network())) is None  # an offer: withdrawn instead
 
 
 # --- offer_ended: expiry and decline ---------------------------------------------------------
