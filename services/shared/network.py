@@ -110,6 +110,11 @@ class StationSpec(_Strict):
     notify: list[NotifyChannel] = []
 
 
+# Far above any caseload (loads are weighted open cases), and so far below PostgreSQL's integer
+# that a load plus a case's weight never overflows the column.
+MAX_CAPACITY = 100_000
+
+
 class UserSpec(_Strict):
     id: Id
     name: Name
@@ -117,7 +122,7 @@ class UserSpec(_Strict):
     role: Role
     specialties: list[Category] = []
     certification: Certification = "none"
-    capacity: int = Field(default=0, ge=0)
+    capacity: int = Field(default=0, ge=0, le=MAX_CAPACITY)
     on_duty: bool = True
     notify: list[NotifyChannel] = []
 

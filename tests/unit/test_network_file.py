@@ -154,6 +154,13 @@ def test_field_errors_name_the_item_and_field() -> None:
     assert any(e.startswith("users[2] (w-0002).capacity: ") for e in errors)
 
 
+def test_a_capacity_beyond_any_caseload_is_refused_naming_the_field() -> None:
+    worker = {"id": "w-0002", "name": "王芳", "station": "T-360402101", "role": "worker", "specialties": ["livelihood"]}
+    data = _network(users=[worker | {"capacity": 99_999_999_999}])
+
+    assert _errors_of(data) == ["users[2] (w-0002).capacity: Input should be less than or equal to 100000"]
+
+
 def test_user_with_unknown_station_is_rejected() -> None:
     data = _network(
         users=[

@@ -179,6 +179,13 @@ def test_unknown_keys_anywhere_are_rejected(path: list[Any], message: str) -> No
     assert problems_of(raw) == [message]
 
 
+def test_a_load_weight_beyond_any_capacity_is_refused_naming_the_risk_level() -> None:
+    raw = default_dict()
+    raw["load_weight"]["critical"] = 1_000_000_000_000
+
+    assert problems_of(raw) == ["load_weight.critical: Input should be less than or equal to 1000"]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     raw = default_dict()
     raw["rules"][0]["tier"] = "province"
