@@ -20,11 +20,13 @@ from services.router.lifecycle import (
     Context,
     Decision,
     Emit,
+    finished_late,
     offer_cannot_stand,
     offer_ended,
     offer_to,
     place,
 )
+from services.shared.time import rfc3339
 
 _ALLOWED_FROM: dict[str, frozenset[str]] = {
     "accept": frozenset({"offered"}),
@@ -45,10 +47,11 @@ def decide_command(state: CaseState, command: CaseCommand, actor: Actor | None, 
         )
     if command.action in ("accept", "decline", "start", "resolve"):
         _require_assignee(state, actor, command.action)
-        return _worker_action(state, command, ctx)
+        decision = _worker_action(state, command, ctx)
+        return finished_late(state, decision, at=command.issued_at) if command.action == "resolve" else decision
     scope = _require_supervisor(state, actor, command.action, ctx)
     if command.action == "close":
-        return _close(state, closed_by=str(command.actor_id))
+        return finished_late(state, _close(state, closed_by=str(command.actor_id)), at=command.issued_at)
     if command.action == "escalate":
         return _escalate(state, ctx)
     if command.action == "refer_back":
@@ -75,6 +78,10 @@ def _worker_action(state: CaseState, command: CaseCommand, ctx: Context) -> Deci
     if command.action == "decline":
         return offer_ended(state, ctx, how="declined", reason=(command.reason or "").strip())
     if command.action == "accept":
+        # Sent after the deadline (the sweep fires it a grace later, for accepts sent in time).
+        if state.accept_by is not None and command.issued_at > state.accept_by:
+            lapsed = f"the offer to worker {worker} lapsed at {rfc3339(state.accept_by)}"
+            raise CommandRefused("conflict", f"{lapsed}: it goes to the next worker")
         if (why := offer_cannot_stand(state, ctx)) is not None:
             # The router's next sweep withdraws the offer and makes it to someone who can take it.
             raise CommandRefused("conflict", f"worker {worker} {why}: the offer goes to someone else")

@@ -3,6 +3,7 @@ the clock (offer and resolve deadlines, queued cases meeting new capacity)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import cast
 
 from aiokafka import ConsumerRecord
@@ -22,6 +23,7 @@ from services.shared.consuming import (
     decode_case_event,
     decode_message,
     event_type_header,
+    handled_all_it_holds,
     merged_polls,
 )
 from services.shared.logging import clear_message_context
@@ -77,9 +79,11 @@ def create_service(settings: Settings) -> Runtime:
             work_one=lambda d: lambda session: route_received_case(session, d.item, policy=policy, networks=live),
         )
 
-    @runtime.broker.subscriber(
+    command_subscriber = runtime.broker.subscriber(
         CASE_COMMANDS, **batch_subscriber(max_records=500), **runtime.subscriber_options("caselink-router-commands")
     )
+
+    @command_subscriber
     async def on_commands(msg: KafkaMessage) -> None:
         clear_message_context()
         deliveries: list[Delivery[CaseCommand]] = []
@@ -94,5 +98,17 @@ def create_service(settings: Settings) -> Runtime:
             work_one=lambda d: lambda session: apply_command(session, d.item, policy=policy, networks=command_network),
         )
 
-    runtime.companions.append(DeadlineSweep(runtime.sessions, policy, interval=settings.router_sweep_interval))
+    async def commands_caught_up() -> bool:
+        consumer = command_subscriber.consumer
+        return consumer is not None and await handled_all_it_holds(consumer)
+
+    sweep = DeadlineSweep(
+        runtime.sessions,
+        policy,
+        interval=settings.router_sweep_interval,
+        grace=timedelta(seconds=settings.router_deadline_grace),
+        caught_up=commands_caught_up,
+        catch_up_wait=settings.router_catch_up_wait,
+    )
+    runtime.companions.append(sweep)
     return runtime

@@ -10,7 +10,7 @@ router took the capacity meanwhile, it decides again on a fresh snapshot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from services.router.domain import (
@@ -356,9 +356,12 @@ def hand_back_from_non_worker(state: CaseState, ctx: Context) -> Decision | None
     return Decision(placed, (*before, explained), release=holder, offer=offer)
 
 
-def fire_due(state: CaseState, ctx: Context) -> Decision | None:
-    """Fire every deadline of the case that has passed, each exactly once; None if none has."""
-    now = ctx.now
+def fire_due(state: CaseState, ctx: Context, *, grace: timedelta = timedelta(0)) -> Decision | None:
+    """Fire every deadline of the case that has passed, each exactly once; None if none has.
+
+    A deadline counts as passed `grace` after it: an accept or a resolve the person sent in time
+    may still be on its way to the router (see `late_action`)."""
+    now = ctx.now - grace
     events: list[Emit] = []
     decision: Decision | None = None
     current = state
@@ -383,6 +386,15 @@ def fire_due(state: CaseState, ctx: Context) -> Decision | None:
     if decision is None:
         return Decision(current, tuple(events))
     return replace(decision, state=current, events=tuple(events))
+
+
+def finished_late(state: CaseState, decision: Decision, *, at: datetime) -> Decision:
+    """`decision` finishes the case (resolve, close) by an action taken `at`: if that was after the
+    resolve deadline and the sweep has not said so yet (it waits a grace), `sla_breached` comes first."""
+    if state.resolve_breached or at <= state.resolve_by:
+        return decision
+    breach = _sla("sla_breached", state, state.resolve_by, "resolve")
+    return replace(decision, state=replace(decision.state, resolve_breached=True), events=(breach, *decision.events))
 
 
 def _sla(name: str, state: CaseState, deadline: datetime | None, kind: str) -> Emit:

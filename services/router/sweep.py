@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import partial
 
 from sqlalchemy import select, text
@@ -60,6 +61,7 @@ _OFFERS_OUT_OF_PLACE = text(
 # How long offers are looked at again after a directory change: a routing batch that chose from the
 # network as it was before the change may commit its offers a little later.
 DIRECTORY_SETTLES_SECONDS = 30.0
+CATCH_UP_POLL_SECONDS = 0.2
 
 
 class DeadlineSweep:
@@ -72,11 +74,17 @@ class DeadlineSweep:
         *,
         interval: float = 1.0,
         batch: int = 1000,
+        grace: timedelta = timedelta(0),
+        caught_up: Callable[[], Awaitable[bool]] | None = None,
+        catch_up_wait: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
         self._interval = interval
         self._batch = batch
+        self._grace = grace
+        self._caught_up = caught_up
+        self._catch_up_wait = catch_up_wait
         self._task: asyncio.Task[None] | None = None
         self.fired = 0
         self.withdrawn = 0
@@ -97,6 +105,7 @@ class DeadlineSweep:
                 await self._task
 
     async def _run(self) -> None:
+        await self._wait_for_the_actions_sent_meanwhile()
         while True:
             try:
                 await self.tick()
@@ -106,6 +115,23 @@ class DeadlineSweep:
                 level = log.warning if is_transient_db_error(exc) else log.error
                 level("router.sweep_failed", error=repr(exc))
             await asyncio.sleep(self._interval)
+
+    async def _wait_for_the_actions_sent_meanwhile(self) -> None:
+        """Before the first tick, let the router read what people sent while no router ran (an
+        accept sent before its deadline, say), up to `catch_up_wait` seconds: the deadlines that
+        passed meanwhile fire after it, not ahead of it."""
+        if self._caught_up is None:
+            return
+        started = time.monotonic()
+        while (waited := time.monotonic() - started) < self._catch_up_wait:
+            try:
+                if await self._caught_up():
+                    log.info("router.sweep_caught_up", waited_s=round(waited, 1))
+                    return
+            except Exception as exc:  # the broker may still be coming up: ask again
+                log.debug("router.catch_up_unknown", error=repr(exc))
+            await asyncio.sleep(CATCH_UP_POLL_SECONDS)
+        log.warning("router.sweep_started_before_catching_up", waited_s=round(time.monotonic() - started, 1))
 
     async def tick(self) -> None:
         """Fire what is due, then offer queued cases if capacity may have appeared."""
@@ -122,7 +148,7 @@ class DeadlineSweep:
                 (
                     await session.execute(
                         select(tables.cases)
-                        .where(cases.next_due_at <= utc_now())
+                        .where(cases.next_due_at <= utc_now() - self._grace)
                         .order_by(cases.next_due_at)
                         .limit(1)
                         .with_for_update(skip_locked=True)
@@ -137,7 +163,7 @@ class DeadlineSweep:
             decision = await decide_and_apply(
                 session,
                 state,
-                lambda ctx: fire_due(state, ctx),
+                lambda ctx: fire_due(state, ctx, grace=self._grace),
                 policy=self._policy,
                 resident_ref=state.facts.resident_ref,
                 networks=networks,

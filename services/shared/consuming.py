@@ -116,6 +116,19 @@ async def merged_polls(msg: Any, *, linger_ms: int, max_records: int) -> AsyncIt
         raise
 
 
+async def handled_all_it_holds(consumer: Any) -> bool:
+    """Whether a group consumer has partitions and has committed (so handled) every record they held
+    when it last fetched from them."""
+    partitions = consumer.assignment()
+    if not partitions:
+        return False
+    for partition in partitions:
+        end = consumer.highwater(partition)
+        if end is None or (await consumer.committed(partition) or 0) < end:
+            return False
+    return True
+
+
 def rewind(consumer: Any, records: Sequence[Any]) -> None:
     """Seek each partition of `records` back to its earliest record there, so they are read again."""
     earliest: dict[TopicPartition, int] = {}

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     router_sweep_interval: float = Field(
         default=1.0, gt=0, description="seconds between the router's deadline sweeps and queue checks"
     )
+    router_deadline_grace: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds after a deadline before the sweep fires it: an accept or resolve sent in time may "
+        "still be on its way to the router (one sent after the deadline is judged late all the same)",
+    )
+    router_catch_up_wait: float = Field(
+        default=60.0,
+        ge=0,
+        description="at start, the longest the sweep waits for the router to read the actions sent while no "
+        "router ran, before it fires deadlines that passed meanwhile",
+    )
 
     command_timeout: float = Field(
         default=10.0, gt=0, description="seconds an HTTP action waits for the router's verdict before answering pending"

@@ -39,6 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_USER = "sys-test"
 # How often each router replica runs its deadline sweep and queue drain (CASELINK_ROUTER_SWEEP_INTERVAL).
 SWEEP_INTERVAL = 0.2
+# Seconds a passed deadline waits for actions sent in time (CASELINK_ROUTER_DEADLINE_GRACE): the
+# scenarios' offer windows are seconds long, not the hours of a real policy.
+DEADLINE_GRACE = 0.5
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -172,6 +175,7 @@ class RouterHarness:
             CASELINK_POLICY=str(self.policy_file),
             CASELINK_LOG_FORMAT="json",
             CASELINK_ROUTER_SWEEP_INTERVAL=str(SWEEP_INTERVAL),
+            CASELINK_ROUTER_DEADLINE_GRACE=str(DEADLINE_GRACE),
             **extra,
         )
         return env

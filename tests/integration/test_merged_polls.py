@@ -1,5 +1,6 @@
 """Merged polls on the real broker and FastStream's own acknowledgement: a batch that merged records
-from partitions its first poll did not touch, and then failed, loses none of them."""
+from partitions its first poll did not touch, and then failed, loses none of them. And how a
+router's sweep tells that its command subscriber has read everything sent while it was down."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.shared.consuming import LINGER_FROM_RECORDS, batch_subscriber, merged_polls
+from services.shared.consuming import LINGER_FROM_RECORDS, batch_subscriber, handled_all_it_holds, merged_polls
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -69,3 +70,47 @@ async def test_records_merged_from_other_partitions_are_read_again_after_the_bat
     finally:
         await consumer.stop()
     assert committed == {0: first_poll, 1: 2, 2: 3}
+
+
+async def test_a_subscriber_has_handled_all_it_holds_once_it_committed_past_every_record(stack: Stack) -> None:
+    topic = await stack.new_topic("caught-up", partitions=3)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    for partition in (0, 0, 1):  # partition 2 stays empty
+        await producer.send_and_wait(topic, b"sent while nobody read", partition=partition)
+    held: list[int] = []
+    all_held, release = asyncio.Event(), asyncio.Event()
+    broker = KafkaBroker(stack.kafka_bootstrap, logger=None)
+    subscriber = broker.subscriber(
+        topic,
+        **batch_subscriber(100),
+        group_id=f"{topic}-group",
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+
+    @subscriber
+    async def handle(msg: KafkaMessage) -> None:
+        held.extend(record.offset for record in msg.raw_message)
+        if len(held) >= 3:
+            all_held.set()
+        await release.wait()
+
+    async def caught_up() -> bool:
+        return subscriber.consumer is not None and await handled_all_it_holds(subscriber.consumer)
+
+    try:
+        await broker.start()
+        await asyncio.wait_for(all_held.wait(), 30)
+        assert not await caught_up(), "the records are read but not handled yet"
+        release.set()
+        for _ in range(600):  # 30 s
+            if await caught_up():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the handled records were never all committed")
+    finally:
+        release.set()
+        await broker.stop()
+        await producer.stop()

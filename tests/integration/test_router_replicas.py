@@ -44,6 +44,7 @@ rules:
 ROUTERS = ("router-1", "router-2")
 CITY = "M-RR"
 KILL_CATEGORY = "crisis_intervention"
+ACCEPT_CATEGORY = "child_protection"  # accepts sent while no router runs
 LOAD_CATEGORIES = ("social_assistance", "elderly_care", "disability_support", "family_support", "livelihood")
 LOAD_RISKS = ("low", "medium", "high")
 LOAD_SUPERVISOR = "ld-sup"
@@ -58,6 +59,9 @@ def build_network() -> tuple[NetworkBuilder, dict[str, Subtree]]:
     for worker in ("kl-t1", "kl-t2"):
         net.worker(worker, "T-KL-1", [KILL_CATEGORY], capacity=100)
     net.worker("kl-c1", "C-KL", [KILL_CATEGORY], capacity=100)
+    accept = net.subtree("AC", city=CITY, townships=1, rooms_per_township=2)
+    for worker in ("ac-t1", "ac-t2"):
+        net.worker(worker, "T-AC-1", [ACCEPT_CATEGORY], capacity=100)
 
     # Per category: 8 township workers of capacity 12 and 2 county workers of capacity 10, about
     # 116 weight for ~200 cases of which about half end up held: most are served, some queue.
@@ -70,7 +74,7 @@ def build_network() -> tuple[NetworkBuilder, dict[str, Subtree]]:
         for j in (1, 2):
             net.worker(f"ld-{short}-c{j}", load.county, [category], capacity=10)
     net.supervisor(LOAD_SUPERVISOR, load.county)
-    return net, {"KL": kill, "LD": load}
+    return net, {"KL": kill, "LD": load, "AC": accept}
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -159,6 +163,42 @@ async def test_router_killed_mid_stream_loses_no_timer_and_fires_none_twice(
     assert breaches == expiries, "an expired offer without exactly one accept breach, or a breach without expiry"
     problems = _problems_per_case(harness, cases)
     assert not problems, f"{problems}\n{_explain_some(harness, list(problems))}"
+    assert await harness.load_discrepancies() == []
+
+
+async def test_accepts_sent_in_time_while_no_router_ran_are_applied_before_the_deadlines_fire(
+    harness: RouterHarness, trees: dict[str, Subtree]
+) -> None:
+    """Both replicas are down while workers accept their offers (critical: 3 s to accept) and
+    stay down until every deadline has passed; on restart the sweep waits for the router to read
+    those accepts, so each counts as the in-time accept it was instead of losing to the deadline."""
+    rooms = trees["AC"].all_rooms
+    submissions = await harness.submit_many([(rooms[i % len(rooms)], ACCEPT_CATEGORY, "critical") for i in range(6)])
+    cases = list((await harness.cases_of(submissions)).values())
+    await harness.events.wait_for(
+        lambda: all(harness.events.named(case, "assigned") for case in cases), within=30, what="first offers"
+    )
+    await asyncio.gather(*(harness.kill_router(name) for name in ROUTERS))
+    offers = {case: harness.events.named(case, "assigned")[-1]["data"] for case in cases}
+    sent = {}
+    for case, offer in offers.items():
+        if datetime.now(UTC) < at(offer["accept_by"]):
+            sent[case] = await harness.send_command(case, "accept", offer["worker_id"])
+    assert sent, "every offer lapsed before the routers were killed: nothing left to test"
+
+    latest_deadline = max(at(offer["accept_by"]) for offer in offers.values())
+    # Deliberately idle: the deadlines, and the sweep's grace after them, pass while no router runs.
+    await asyncio.sleep(max(0.0, (latest_deadline - datetime.now(UTC)).total_seconds()) + 2.0)
+    await asyncio.gather(*(harness.start_router(name) for name in ROUTERS))
+    answers = {case: await harness.results.result_of(command, within=60) for case, command in sent.items()}
+    await harness.settle()
+
+    for case, answer in answers.items():
+        assert answer["outcome"] == "applied", f"{answer}\n{_explain_some(harness, [case])}"
+        assert harness.events.last(case) == "accepted", _explain_some(harness, [case])
+        assert not harness.events.named(case, "offer_expired"), _explain_some(harness, [case])
+    print(f"\n{len(sent)} of {len(cases)} offers accepted while no router ran; all applied after the restart")
+    assert not _problems_per_case(harness, cases)
     assert await harness.load_discrepancies() == []
 
 

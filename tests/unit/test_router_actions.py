@@ -72,6 +72,7 @@ def admitted(net: Network = STAFF, facts: CaseFacts | None = None) -> CaseState:
 
 
 def decide(state: CaseState, action: CommandAction, actor: Actor | None, net: Network = STAFF, **args: Any) -> Decision:
+    args.setdefault("issued_at", LATER)
     command = CaseCommand(case_id="case-1", action=action, actor_id=actor.id if actor else "nobody", **args)
     return decide_command(state, command, actor, Context(policy=default_policy(), network=net, now=LATER))
 
@@ -216,6 +217,37 @@ def test_resolving_a_case_releases_the_workers_load(state: Callable[[], CaseStat
     assert decision.events[0].fields == {"worker_id": "w-1", "outcome": "benefits restored"}
     assert (decision.state.status, decision.release, decision.ended_offer) == ("resolved", "w-1", None)
     assert decision.state.next_due_at is None
+
+
+def test_an_accept_sent_after_the_offer_lapsed_is_refused_though_the_sweep_has_not_fired_yet() -> None:
+    state = offered()
+    assert state.accept_by is not None
+    on_time = decide(state, "accept", W1, issued_at=state.accept_by)
+    assert names(on_time) == ["accepted"]  # sent at the deadline, read later: honoured
+
+    with pytest.raises(CommandRefused) as refused:
+        decide(state, "accept", W1, issued_at=state.accept_by + timedelta(milliseconds=1))
+    assert (refused.value.outcome, str(refused.value)) == (
+        "conflict",
+        "the offer to worker w-1 lapsed at 2025-01-06T12:00:00Z: it goes to the next worker",
+    )
+
+
+def test_a_case_resolved_or_closed_after_its_resolve_deadline_breaches_it_first_unless_the_sweep_did() -> None:
+    state = accepted()
+    late = state.resolve_by + timedelta(seconds=3)
+
+    resolved = decide(state, "resolve", W1, issued_at=late)
+    assert names(resolved) == ["sla_breached", "resolved"]
+    breach = resolved.events[0].fields
+    assert (breach["kind"], breach["deadline"], breach["worker_id"]) == ("resolve", state.resolve_by, "w-1")
+    assert resolved.state.resolve_breached
+    closed = decide(state, "close", supervisor("T1"), issued_at=late, reason="moved away")
+    assert names(closed) == ["sla_breached", "closed"]
+
+    assert names(decide(state, "resolve", W1, issued_at=state.resolve_by)) == ["resolved"]  # in time
+    swept = replace(state, resolve_breached=True)
+    assert names(decide(swept, "resolve", W1, issued_at=late)) == ["resolved"]  # breached once already
 
 
 def test_a_case_still_on_offer_cannot_be_resolved() -> None:

@@ -460,6 +460,17 @@ def test_passed_accept_deadline_is_a_breach_that_expires_the_offer_and_offers_th
     assert decision.offer is not None and decision.offer.worker_id == "w-2"
 
 
+def test_a_deadline_fires_a_grace_after_it_for_actions_sent_in_time_still_on_their_way() -> None:
+    warned = replace(offered_to_w1(), accept_warn_at=None)
+    grace = timedelta(seconds=10)
+
+    assert fire_due(warned, context(TOWNSHIP_PAIR, at=NOW + ACCEPT + timedelta(seconds=9)), grace=grace) is None
+    decision = fire_due(warned, context(TOWNSHIP_PAIR, at=NOW + ACCEPT + grace), grace=grace)
+    assert decision is not None and names(decision) == ["sla_breached", "offer_expired", "assigned"]
+    # The next worker's window runs from now, not from the deadline.
+    assert decision.offer is not None and decision.offer.accept_by == NOW + ACCEPT + grace + ACCEPT
+
+
 def test_resolve_warning_then_breach_each_fire_exactly_once() -> None:
     state = accepted(offered_to_w1())
     warn_at = RECEIVED + timedelta(days=11, hours=4, minutes=48)
