@@ -89,9 +89,16 @@ class CaseState:
     @property
     def next_due_at(self) -> datetime | None:
         """When the sweep must look at this case next, or None if no deadline is pending."""
-        due = [self.accept_warn_at, self.accept_by] if self.status == "offered" else []
+        return self.next_firing(timedelta(0))
+
+    def next_firing(self, grace: timedelta) -> datetime | None:
+        """When `fire_due` with this grace fires something next: a warning at its time, a deadline
+        `grace` after it; None if nothing is pending."""
+        due: list[datetime | None] = []
+        if self.status == "offered":
+            due += [self.accept_warn_at, self.accept_by and self.accept_by + grace]
         if self.status not in FINISHED:
-            due += [self.resolve_warn_at, None if self.resolve_breached else self.resolve_by]
+            due += [self.resolve_warn_at, None if self.resolve_breached else self.resolve_by + grace]
         return min((moment for moment in due if moment is not None), default=None)
 
 
@@ -359,16 +366,18 @@ def hand_back_from_non_worker(state: CaseState, ctx: Context) -> Decision | None
 def fire_due(state: CaseState, ctx: Context, *, grace: timedelta = timedelta(0)) -> Decision | None:
     """Fire every deadline of the case that has passed, each exactly once; None if none has.
 
-    A deadline counts as passed `grace` after it: an accept or a resolve the person sent in time
-    may still be on its way to the router (see `late_action`)."""
-    now = ctx.now - grace
+    A warning fires at its time; a deadline counts as passed `grace` after it, as an accept or a
+    resolve the person sent in time may still be on its way to the router (the router judges an
+    action by when it was sent: `actions.decide_command`)."""
+    now = ctx.now
+    lapsed = ctx.now - grace
     events: list[Emit] = []
     decision: Decision | None = None
     current = state
     if current.status == "offered" and current.accept_warn_at is not None and now >= current.accept_warn_at:
         events.append(_sla("sla_warning", current, current.accept_by, "accept"))
         current = replace(current, accept_warn_at=None)
-    if current.status == "offered" and current.accept_by is not None and now >= current.accept_by:
+    if current.status == "offered" and current.accept_by is not None and lapsed >= current.accept_by:
         # The accept deadline passed (CONTRACT §4: sla_breached, kind accept), and so the offer lapsed.
         events.append(_sla("sla_breached", current, current.accept_by, "accept"))
         decision = offer_ended(current, ctx, how="offer_expired")
@@ -378,7 +387,7 @@ def fire_due(state: CaseState, ctx: Context, *, grace: timedelta = timedelta(0))
         if current.resolve_warn_at is not None and now >= current.resolve_warn_at:
             events.append(_sla("sla_warning", current, current.resolve_by, "resolve"))
             current = replace(current, resolve_warn_at=None)
-        if not current.resolve_breached and now >= current.resolve_by:
+        if not current.resolve_breached and lapsed >= current.resolve_by:
             events.append(_sla("sla_breached", current, current.resolve_by, "resolve"))
             current = replace(current, resolve_breached=True)
     if not events:

@@ -148,7 +148,7 @@ class DeadlineSweep:
                 (
                     await session.execute(
                         select(tables.cases)
-                        .where(cases.next_due_at <= utc_now() - self._grace)
+                        .where(cases.next_due_at <= utc_now())
                         .order_by(cases.next_due_at)
                         .limit(1)
                         .with_for_update(skip_locked=True)
@@ -168,11 +168,16 @@ class DeadlineSweep:
                 resident_ref=state.facts.resident_ref,
                 networks=networks,
             )
-            if decision is None:  # nothing was due after all: recompute so the case is not claimed again
+            if decision is None:
+                # A deadline within its grace (claimed at the deadline itself): look again once the
+                # grace is over. Otherwise nothing was due after all: not claimed again.
+                later = state.next_firing(self._grace)
+                if later is None or later <= utc_now():
+                    later = None
+                    log.warning("router.sweep_nothing_due", case_id=state.facts.case_id)
                 await session.execute(
-                    tables.cases.update().where(cases.case_id == state.facts.case_id).values(next_due_at=None)
+                    tables.cases.update().where(cases.case_id == state.facts.case_id).values(next_due_at=later)
                 )
-                log.warning("router.sweep_nothing_due", case_id=state.facts.case_id)
             else:
                 self.fired += 1
                 log.debug(

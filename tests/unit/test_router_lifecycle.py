@@ -469,6 +469,13 @@ def test_a_deadline_fires_a_grace_after_it_for_actions_sent_in_time_still_on_the
     assert decision is not None and names(decision) == ["sla_breached", "offer_expired", "assigned"]
     # The next worker's window runs from now, not from the deadline.
     assert decision.offer is not None and decision.offer.accept_by == NOW + ACCEPT + grace + ACCEPT
+    # Warnings are not held back, and the sweep looks again when the grace is over.
+    state = offered_to_w1()
+    assert state.accept_warn_at is not None and state.accept_by is not None
+    warning = fire_due(state, context(TOWNSHIP_PAIR, at=state.accept_warn_at), grace=grace)
+    assert warning is not None and names(warning) == ["sla_warning"]
+    assert warning.state.next_due_at == state.accept_by
+    assert warning.state.next_firing(grace) == state.accept_by + grace
 
 
 def test_resolve_warning_then_breach_each_fire_exactly_once() -> None:
