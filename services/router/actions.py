@@ -8,6 +8,7 @@ then who may act (forbidden), then the arguments (invalid).
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from schemas.commands import CaseCommand
@@ -25,6 +26,7 @@ from services.router.lifecycle import (
     offer_ended,
     offer_to,
     place,
+    withdrawn,
 )
 from services.shared.time import rfc3339
 
@@ -47,11 +49,10 @@ def decide_command(state: CaseState, command: CaseCommand, actor: Actor | None, 
         )
     if command.action in ("accept", "decline", "start", "resolve"):
         _require_assignee(state, actor, command.action)
-        decision = _worker_action(state, command, ctx)
-        return finished_late(state, decision, at=command.issued_at) if command.action == "resolve" else decision
+        return _worker_action(state, command, ctx)
     scope = _require_supervisor(state, actor, command.action, ctx)
     if command.action == "close":
-        return finished_late(state, _close(state, closed_by=str(command.actor_id)), at=command.issued_at)
+        return _close(state, closed_by=str(command.actor_id), at=command.issued_at)
     if command.action == "escalate":
         return _escalate(state, ctx)
     if command.action == "refer_back":
@@ -92,23 +93,15 @@ def _worker_action(state: CaseState, command: CaseCommand, ctx: Context) -> Deci
     if command.action == "start":
         return Decision(replace(state, status="in_progress"), (Emit("started", *here, {"worker_id": worker}),))
     fields: dict[str, Any] = {"worker_id": worker, "outcome": command.outcome}
-    return Decision(replace(state, status="resolved"), (Emit("resolved", *here, fields),), release=worker)
+    resolved = Decision(replace(state, status="resolved"), (Emit("resolved", *here, fields),), release=worker)
+    return finished_late(state, resolved, at=command.issued_at)
 
 
-def _withdrawn(state: CaseState) -> tuple[CaseState, str | None, tuple[str, str] | None]:
-    """Take the case from whoever holds it: their load is released, an open offer is withdrawn."""
-    holder = state.assignee_id if state.status in HOLDING else None
-    ended = (holder, "withdrawn") if holder is not None and state.status == "offered" else None
-    free = replace(state, assignee_id=None, accept_by=None, accept_warn_at=None)
-    return free, holder, ended
-
-
-def _close(state: CaseState, *, closed_by: str) -> Decision:
-    holder = state.assignee_id if state.status in HOLDING else None
-    ended = (holder, "withdrawn") if holder is not None and state.status == "offered" else None
+def _close(state: CaseState, *, closed_by: str, at: datetime) -> Decision:
+    _, holder, ended = withdrawn(state)
     closed = replace(state, status="closed", accept_by=None, accept_warn_at=None)
     event = Emit("closed", state.tier, state.station_id, {"worker_id": state.assignee_id, "closed_by": closed_by})
-    return Decision(closed, (event,), release=holder, ended_offer=ended)
+    return finished_late(state, Decision(closed, (event,), release=holder, ended_offer=ended), at=at)
 
 
 def _escalate(state: CaseState, ctx: Context) -> Decision:
@@ -116,7 +109,7 @@ def _escalate(state: CaseState, ctx: Context) -> Decision:
     parent = ctx.network.parent(here)
     if parent is None:
         raise CommandRefused("conflict", f"the case is at {here.id}, the top station: there is no tier above")
-    free, holder, ended = _withdrawn(state)
+    free, holder, ended = withdrawn(state)
     up = Emit(
         "escalated", parent.tier, parent.id, {"from_tier": here.tier, "from_station_id": here.id, "reason": "manual"}
     )
@@ -142,7 +135,7 @@ def _refer_back(state: CaseState, command: CaseCommand, scope: Station, ctx: Con
         if not below:
             raise CommandRefused("conflict", f"the case is at {here.tier} {here.id}: there is no tier below it")
         target = below[-1]  # the highest station of the submitting room's path below the case
-    free, holder, ended = _withdrawn(state)
+    free, holder, ended = withdrawn(state)
     reason = (command.reason or "").strip() or "referred back by a supervisor"
     back = Emit(
         "referred_back", target.tier, target.id, {"from_tier": here.tier, "from_station_id": here.id, "reason": reason}
@@ -175,7 +168,7 @@ def _assign(state: CaseState, command: CaseCommand, scope: Station, ctx: Context
             f"worker {worker.id} has no room for the case: it weighs {need.weight}, "
             f"and {worker.load} of their capacity {worker.capacity} is in use",
         )
-    free, holder, ended = _withdrawn(state)
+    free, holder, ended = withdrawn(state)
     station = ctx.network.stations[worker.station_id]
     assignment = Assignment(
         worker_id=worker.id,

@@ -347,14 +347,21 @@ def withdraw_unavailable_offer(state: CaseState, ctx: Context) -> Decision | Non
     return replace(decision, ended_offer=(state.assignee_id, "withdrawn"))
 
 
+def withdrawn(state: CaseState) -> tuple[CaseState, str | None, tuple[str, str] | None]:
+    """Take the case from whoever holds it: their load is released, an open offer is withdrawn."""
+    holder = state.assignee_id if state.status in HOLDING else None
+    ended = (holder, "withdrawn") if holder is not None and state.status == "offered" else None
+    free = replace(state, assignee_id=None, accept_by=None, accept_warn_at=None)
+    return free, holder, ended
+
+
 def hand_back_from_non_worker(state: CaseState, ctx: Context) -> Decision | None:
     """A case accepted by someone who is no longer a worker (made a supervisor, say) cannot be
     worked by them: it is placed again from its station, as a new offer, escalation or queue,
     whose explanation says whose it was and why. None if its holder is still a worker."""
-    holder = state.assignee_id
-    if state.status not in ("accepted", "in_progress") or holder is None or ctx.network.worker(holder) is not None:
+    free, holder, _ = withdrawn(state)
+    if state.status == "offered" or holder is None or ctx.network.worker(holder) is not None:
         return None
-    free = replace(state, status="routed", assignee_id=None, accept_by=None, accept_warn_at=None)
     placed, events, offer = place(free, ctx.network.stations[state.station_id], ctx)
     *before, last = events
     handed_back = {"from_worker_id": holder, "reason": "the worker is no longer a worker here"}

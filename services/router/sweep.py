@@ -62,6 +62,7 @@ _OFFERS_OUT_OF_PLACE = text(
 # network as it was before the change may commit its offers a little later.
 DIRECTORY_SETTLES_SECONDS = 30.0
 CATCH_UP_POLL_SECONDS = 0.2
+_QUEUED = frozenset({"queued"})
 
 
 class DeadlineSweep:
@@ -257,7 +258,7 @@ class DeadlineSweep:
             # Tried on the snapshot first: only a case that would be placed costs a transaction.
             if offer_queued(state, Context(self._policy, network, utc_now())) is None:
                 continue
-            offer = partial(self._apply_if, state.facts.case_id, "queued", offer_queued, networks)
+            offer = partial(self._apply_if, state.facts.case_id, _QUEUED, offer_queued, networks)
             if await retry_conflicts(offer, what="router.sweep") is not None:
                 self.offered_from_queue += 1
                 async with self._sessions() as session:
@@ -266,15 +267,15 @@ class DeadlineSweep:
     async def _apply_if(
         self,
         case_id: str,
-        status: str | frozenset[str],
+        statuses: frozenset[str],
         decide: Callable[[CaseState, Context], Decision | None],
         networks: NetworkCache,
     ) -> Decision | None:
-        """Lock the case (skipped while another replica holds it) and, if it is still `status` (or one of them),
+        """Lock the case (skipped while another replica holds it) and, if it is still in one of `statuses`,
         apply `decide` to it in this transaction; None if nothing was done."""
         async with transaction(self._sessions) as session:
             state: CaseState | None = await lock_case(session, case_id, skip_locked=True)
-            if state is None or state.status not in ({status} if isinstance(status, str) else status):
+            if state is None or state.status not in statuses:
                 return None
             current = state
             return await decide_and_apply(
