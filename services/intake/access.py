@@ -65,6 +65,7 @@ async def current_user(
         user = await authenticate(session, credentials.credentials)
     if user is None:
         raise ApiError(401, _UNAUTHORIZED)
+    request.state.caller_confirmed = True
     return user
 
 
@@ -142,20 +143,26 @@ async def referral_caller(
     if user is None:
         raise ApiError(401, _UNAUTHORIZED)
     cache.put(token_hash, user)
+    request.state.caller_confirmed = True
     return Caller(user, token_hash)
 
 
 ReferralCaller = Annotated[Caller, Depends(referral_caller)]
 
 
-async def confirm_cached_token(request: Request) -> None:
-    """401 if the request's caller came from the token cache and the token is no longer live: what
-    a refusal for any other reason (403, 422) checks first, so the answer is the one an
-    uncached lookup would have given."""
-    token_hash = getattr(request.state, "unconfirmed_token", None)
-    if token_hash is None:
+async def confirm_caller(request: Request) -> None:
+    """401 unless the /v1 request's bearer token is live: what every other refusal (403, 404, 413,
+    415, 422) checks first, so that a bad token is told so before anything about the request.
+
+    A caller looked up for this request is confirmed already. One taken from the token cache is
+    looked up again (it may have been revoked since). And where FastAPI refused the body before
+    any dependency ran (a body that is not JSON), nobody looked at the token yet: it is looked up now.
+    """
+    if getattr(request.state, "caller_confirmed", False) or not request.url.path.startswith("/v1/"):
         return
-    request.state.unconfirmed_token = None
+    token_hash = getattr(request.state, "unconfirmed_token", None) or _bearer_hash(request)
+    if token_hash is None:
+        return  # no bearer at all: the route's own 401 (missing_bearer) answers that
     async with sessions_of(request)() as session:
         user = (await live_token_users(session, [token_hash])).get(token_hash)
     cache = token_cache_of(request)
@@ -163,6 +170,12 @@ async def confirm_cached_token(request: Request) -> None:
         cache.forget(token_hash)
         raise ApiError(401, _UNAUTHORIZED)
     cache.put(token_hash, user)
+    request.state.caller_confirmed = True
+
+
+def _bearer_hash(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return hash_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
 
 
 async def visible_case(session: AsyncSession, user: User, case_id: str) -> Any:

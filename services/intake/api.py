@@ -6,7 +6,6 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -19,7 +18,6 @@ from services.intake.access import (
     CaseId,
     CurrentUser,
     ReferralCaller,
-    confirm_cached_token,
     record_case_read,
     sessions_of,
     token_cache_of,
@@ -96,12 +94,7 @@ class JsonBodyRoute(APIRoute):
                 message = f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep"
                 raise ApiError(422, message, fields=[FieldError(field=ROOT_FIELD, message=message)])
             request._body = bytes(body)  # FastAPI parses the body already read (Request caches it here)
-            try:
-                return await handler(request)
-            except RequestValidationError:
-                # 401 comes before 422: a caller taken from the token cache is confirmed first.
-                await confirm_cached_token(request)
-                raise
+            return await handler(request)
 
         return checked
 
@@ -125,8 +118,7 @@ async def submit_referral(
 ) -> ReferralAccepted:
     """Submit a referral for a village room; a repeated Idempotency-Key returns the same case."""
     if forbidden := submission_refusal(caller.user, submission):
-        await confirm_cached_token(request)
-        _refuse(forbidden)
+        _refuse(forbidden)  # the error handler confirms a caller taken from the token cache first
     key = idempotency_key or (str(submission.submission_id) if submission.submission_id else None)
     key_field = "Idempotency-Key" if idempotency_key else "submission_id"
     item = HttpSubmission(submission, caller.user, caller.token_hash, key, key_field)
@@ -144,7 +136,7 @@ async def submit_referral(
         return ReferralAccepted(case_id=outcome.case_id)
     if isinstance(outcome, Unauthorized):
         token_cache_of(request).forget(caller.token_hash)
-    # The batch's transaction looked the token up itself: no need to confirm it again.
+    request.state.caller_confirmed = True  # the batch's transaction looked the token up itself
     _refuse(outcome)
 
 

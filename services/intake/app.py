@@ -19,7 +19,7 @@ from schemas.commands import CommandResult
 from schemas.referral import KafkaReferralSubmission
 from schemas.topics import CASE_COMMAND_RESULTS, REFERRALS_SUBMITTED
 from services.intake import actions, handlers, stream, views
-from services.intake.access import TokenCache
+from services.intake.access import TokenCache, confirm_caller
 from services.intake.api import router as api_router
 from services.intake.domain import SubmissionInvalid, kafka_submission_problems, parse_kafka_submission
 from services.intake.errors import install_error_handlers
@@ -185,7 +185,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.referral_writer = referral_writer
     app.state.token_cache = TokenCache()
 
-    install_error_handlers(app)
+    install_error_handlers(app, confirm_caller=confirm_caller)
     app.include_router(api_router)
     app.include_router(actions.router)
     app.include_router(views.router)

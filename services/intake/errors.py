@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.referral import FieldError, field_errors
+from schemas.referral import ROOT_FIELD, FieldError, field_errors
 from services.shared.db import is_transient_db_error
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -61,13 +62,29 @@ def error_body(code: str, message: str, fields: list[FieldError] | None = None) 
     return {"error": {"code": code, "message": message, "fields": [f.model_dump() for f in fields or []]}}
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error, including FastAPI's own, in the contract's shape (and say so in /openapi.json)."""
+def install_error_handlers(app: FastAPI, *, confirm_caller: Callable[[Request], Awaitable[None]]) -> None:
+    """Answer every error, including FastAPI's own, in the contract's shape (and say so in /openapi.json).
+
+    Every refusal of a /v1 request other than 401 first has `confirm_caller` check its bearer
+    token, so a bad token gets 401 whatever else is wrong with the request.
+    """
     _describe_validation_errors_as_they_are(app)
 
+    async def refuse(request: Request, status: int, body: dict[str, Any], **kwargs: Any) -> JSONResponse:
+        try:
+            await confirm_caller(request)
+        except ApiError as exc:
+            return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+        except (SQLAlchemyError, OSError):
+            pass  # the token cannot be looked up now: the refusal itself still holds
+        return JSONResponse(body, status_code=status, **kwargs)
+
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.fields), status_code=exc.status)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = error_body(exc.code, exc.message, exc.fields)
+        if exc.status == 401 or exc.status >= 500:
+            return JSONResponse(body, status_code=exc.status)
+        return await refuse(request, exc.status, body)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -78,7 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
         details = [{**d, "loc": _field_of(d)} for d in exc.errors()]
         fields = field_errors(details)
         message = "the request is invalid: " + "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
-        return JSONResponse(error_body("validation_failed", message, fields), status_code=422)
+        return await refuse(request, 422, error_body("validation_failed", message, fields))
 
     @app.exception_handler(SQLAlchemyError)
     @app.exception_handler(OSError)  # ConnectionError, TimeoutError: a connection that could not be made
@@ -90,9 +107,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("unavailable", message), status_code=503)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _CODES.get(exc.status_code, "error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
+            # FastAPI's answer to a JSON body it could not even decode (not UTF-8): a 422 on the body.
+            fields = [FieldError(field=ROOT_FIELD, message=_NOT_UTF8)]
+            return await refuse(request, 422, error_body("validation_failed", _NOT_UTF8, fields))
+        body = error_body(_CODES.get(exc.status_code, "error"), str(exc.detail))
+        if exc.status_code == 401 or not 400 <= exc.status_code < 500:
+            return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return await refuse(request, exc.status_code, body, headers=exc.headers)
+
+
+_UNPARSABLE_BODY = "There was an error parsing the body"
+_NOT_UTF8 = "the body is not JSON text: it is not valid UTF-8"
 
 
 NO_BEARER = "an Authorization: Bearer <token> header is required"

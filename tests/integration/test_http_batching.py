@@ -19,7 +19,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from services.intake import handlers
-from services.intake.access import TokenCache
+from services.intake.access import TokenCache, confirm_caller
 from services.intake.api import router
 from services.intake.batching import GroupCommit
 from services.intake.errors import install_error_handlers
@@ -148,7 +148,7 @@ async def app(db: Db) -> AsyncIterator[App]:
     api = FastAPI()
     api.state.settings, api.state.sessions = settings, sessions
     api.state.referral_writer, api.state.token_cache = commit, TokenCache()
-    install_error_handlers(api)
+    install_error_handlers(api, confirm_caller=confirm_caller)
     api.include_router(router)
     commit.start()
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
@@ -238,6 +238,46 @@ async def test_a_token_revoked_after_it_was_cached_is_refused_alone_in_its_batch
     # Refused from now on before anything else, a bad body included (401 before 422).
     assert (await app.post({"room_id": ROOM}, token=doomed)).status_code == 401
     assert (await app.post(referral(room_id="V-360402102001"), token=doomed)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "good_token_status"),
+    [
+        (b"{not json", 422),  # FastAPI refuses it before any dependency looked at the token
+        (b'{"summary": "\xff"}', 422),  # not UTF-8: FastAPI's own 400 until now
+        (b"[" * 100 + b"]" * 100, 422),  # nested too deep: refused while the body is read
+    ],
+    ids=["garbage", "not-utf8", "too-deep"],
+)
+async def test_a_token_that_is_unknown_or_was_revoked_after_it_was_cached_is_401_before_a_bad_body(
+    app: App, db: Db, body: bytes, good_token_status: int
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    good = await app.client.post(
+        "/v1/referrals", content=body, headers={**headers, "Authorization": f"Bearer {db.tokens[SYSTEM]}"}
+    )
+    assert good.status_code == good_token_status, good.text
+    unknown = await app.client.post(
+        "/v1/referrals", content=body, headers={**headers, "Authorization": "Bearer clk_unknown"}
+    )
+    assert unknown.status_code == 401, unknown.text
+    # A token in the cache but revoked since: the refusal confirms it first.
+    token = await fresh_token(db, SYSTEM)
+    assert (await app.post(referral(submitted_by=ROOM_WORKER), token=token)).status_code == 202  # now cached
+    await db.sql("UPDATE shared.api_tokens SET revoked_at = now() WHERE token_hash = $1", hash_token(token))
+    revoked = await app.client.post(
+        "/v1/referrals", content=body, headers={**headers, "Authorization": f"Bearer {token}"}
+    )
+    assert revoked.status_code == 401, revoked.text
+
+
+async def fresh_token(db: Db, user: str) -> str:
+    engine = create_engine(Settings(database_url=db.url))
+    try:
+        async with transaction(session_factory(engine)) as session:
+            return await create_token(session, user_id=user)
+    finally:
+        await engine.dispose()
 
 
 async def test_a_room_that_is_not_a_village_room_is_refused_alone_in_its_batch(app: App) -> None:

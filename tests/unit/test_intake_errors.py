@@ -8,20 +8,26 @@ import re
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.intake.errors import install_error_handlers
+from services.intake.errors import ApiError, install_error_handlers
 
 
 class DeclineBody(BaseModel):
     reason: str
 
 
+async def live_token(request: Request) -> None:
+    """A stand-in for intake's look-up of the bearer token: every token is live but `clk_revoked`."""
+    if request.headers.get("authorization") == "Bearer clk_revoked":
+        raise ApiError(401, "the bearer token is unknown or revoked")
+
+
 def app_raising(error: Exception) -> FastAPI:
     app = FastAPI()
-    install_error_handlers(app)
+    install_error_handlers(app, confirm_caller=live_token)
 
     @app.get("/v1/cases/c-1")
     async def get_case() -> None:
@@ -76,14 +82,19 @@ def test_openapi_describes_every_422_in_the_shape_the_server_answers() -> None:
     assert referenced <= defined, referenced - defined
 
 
-async def test_a_body_that_is_not_json_is_an_error_of_the_whole_body_not_of_a_character_offset() -> None:
+def app_with_a_body() -> FastAPI:
     app = FastAPI()
-    install_error_handlers(app)
+    install_error_handlers(app, confirm_caller=live_token)
 
     @app.post("/v1/cases/c-1/decline")
     async def decline(body: DeclineBody) -> None:
         return None
 
+    return app
+
+
+async def test_a_body_that_is_not_json_is_an_error_of_the_whole_body_not_of_a_character_offset() -> None:
+    app = app_with_a_body()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
         answer = await client.post(
@@ -114,3 +125,34 @@ async def test_a_request_without_a_token_is_401_whatever_its_body(path: str, con
         answer = await client.post(path, content=body, headers={"Content-Type": content_type})
     assert answer.status_code == 401, answer.text
     assert answer.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"reason": "x",,}', b'{"reason": "\xff\xfe"}', b'{"reason": 7}'],
+    ids=["garbage", "not-utf8", "wrong-type"],
+)
+async def test_a_revoked_token_is_401_whatever_its_body(body: bytes) -> None:
+    transport = httpx.ASGITransport(app=app_with_a_body())
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post(
+            "/v1/cases/c-1/decline",
+            content=body,
+            headers={"Content-Type": "application/json", "Authorization": "Bearer clk_revoked"},
+        )
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error"]["code"] == "unauthorized"
+
+
+async def test_a_body_that_is_not_utf8_is_a_422_of_the_whole_body() -> None:
+    transport = httpx.ASGITransport(app=app_with_a_body())
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post(
+            "/v1/cases/c-1/decline",
+            content=b'{"reason": "\xff\xfe"}',
+            headers={"Content-Type": "application/json", "Authorization": "Bearer clk_any"},
+        )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "validation_failed" and "UTF-8" in error["message"]
+    assert [f["field"] for f in error["fields"]] == ["$"]
