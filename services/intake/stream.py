@@ -80,16 +80,19 @@ def _resume_position(header: str | None, query: int | None) -> int | None:
 
 
 async def _visibility(session: AsyncSession, user: User) -> ColumnElement[bool]:
-    """The cases a user sees, as a condition on intake.cases (the same rules as GET /v1/cases)."""
-    cases = tables.cases.c
+    """The events a user sees, as a condition on intake.case_events joined to intake.cases: those
+    of the cases the user may see now (the same rules as GET /v1/cases), and those that happened
+    while the case was at one of the user's stations or with the user (the event that ended a
+    worker's offer or took the case away from a station, say)."""
+    cases, events = tables.cases.c, tables.case_events.c
     if user.role == "system":
         return literal(True)
     on_path: list[ColumnElement[bool]] = []
     if user.role in ("worker", "supervisor") and user.station_id is not None:
         below = await subtree(session, user.station_id)
-        on_path = [cases.room_id.in_(below), cases.station_id.in_(below)]
+        on_path = [cases.room_id.in_(below), cases.station_id.in_(below), events.audience_stations.overlap(below)]
     if user.role == "worker":
-        return or_(cases.assignee_id == user.id, *on_path)
+        return or_(cases.assignee_id == user.id, events.audience_workers.contains([user.id]), *on_path)
     return or_(*on_path) if on_path else literal(False)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from services.shared.db import metadata
 
@@ -81,6 +81,11 @@ case_events = Table(
     Column("event", JSON, nullable=False),  # the text as published (json keeps it; jsonb would re-encode it)
     # Arrival order across all cases: the position a live stream resumes from (Last-Event-ID).
     Column("position", BigInteger, Identity(), nullable=False, unique=True),
+    # Where the case was, and with whom, just before and just after the event (case_view.audience_of):
+    # the stream shows the event to them too, not only to whoever may see the case now.
+    # NULL for events recorded before migration 0012.
+    Column("audience_stations", ARRAY(Text), nullable=True),
+    Column("audience_workers", ARRAY(Text), nullable=True),
     PrimaryKeyConstraint("case_id", "sequence"),
     schema="intake",
 )

@@ -11,7 +11,7 @@ is harmless: the timeline keeps one row per (case, sequence), and only a newer e
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,13 +36,17 @@ _PROJECTED = (
 )
 
 
+# An event's audience travels as one space-separated text per event (unnest cannot take an array of
+# arrays); station and user ids never hold a space (services.shared.network.Id).
 _ADD_TO_TIMELINES = text(
-    "INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event) "
-    "SELECT e.case_id, e.sequence, CAST(e.event_id AS uuid), e.type, e.time, CAST(e.event AS json) FROM unnest("
+    "INSERT INTO intake.case_events (case_id, sequence, event_id, type, time, event, audience_stations, "
+    "audience_workers) "
+    "SELECT e.case_id, e.sequence, CAST(e.event_id AS uuid), e.type, e.time, CAST(e.event AS json), "
+    "string_to_array(e.stations, ' '), string_to_array(e.workers, ' ') FROM unnest("
     "CAST(:case_ids AS text[]), CAST(:sequences AS integer[]), CAST(:event_ids AS text[]), CAST(:types AS text[]), "
-    "CAST(:times AS timestamptz[]), CAST(:events AS text[])"
-    ") WITH ORDINALITY AS e(case_id, sequence, event_id, type, time, event, n) ORDER BY e.n "
-    "ON CONFLICT DO NOTHING RETURNING case_id, sequence"
+    "CAST(:times AS timestamptz[]), CAST(:events AS text[]), CAST(:stations AS text[]), CAST(:workers AS text[])"
+    ") WITH ORDINALITY AS e(case_id, sequence, event_id, type, time, event, stations, workers, n) ORDER BY e.n "
+    "ON CONFLICT DO NOTHING"
 )
 # Locked in one order (the case heads already are, by the same transaction), so writers queue.
 _LOCK_CASES = text(
@@ -68,10 +72,27 @@ _UPDATE_CASES = text(
 
 async def record_case_events(session: AsyncSession, events: Sequence[tuple[CaseEvent, bytes]]) -> None:
     """Add (event, its JSON as published) pairs to their cases' timelines and move the cases' rows,
-    in order: one insert, the cases locked in case-id order, one update for all."""
+    in order: the cases locked in case-id order, one insert, one update for all."""
     if not events:
         return
-    inserted = await session.execute(
+    locked = await session.execute(_LOCK_CASES, {"ids": sorted({event.data.case_id for event, _ in events})})
+    current = {row.case_id: dict(row._mapping) for row in locked}
+    changed: set[str] = set()
+    audiences: list[Audience] = []
+    for event, _ in events:
+        data = event.data
+        row = current.get(data.case_id)
+        # A row at or past this sequence has the event already (the timeline row and the case row
+        # are written together): a redelivery, or the same event twice in one batch. The insert
+        # below keeps the timeline's row as it is.
+        if row is None or row["last_sequence"] >= data.sequence:
+            audiences.append(Audience((), ()))
+            continue
+        before = dict(row)
+        row.update(projected_changes(event, row))
+        audiences.append(audience_of(event, before, row))
+        changed.add(data.case_id)
+    await session.execute(
         _ADD_TO_TIMELINES,
         {
             "case_ids": [event.data.case_id for event, _ in events],
@@ -81,26 +102,31 @@ async def record_case_events(session: AsyncSession, events: Sequence[tuple[CaseE
             "times": [event.time for event, _ in events],
             # The published JSON itself: the same document model_dump would give back, without the work.
             "events": [raw.decode() for _, raw in events],
+            "stations": [" ".join(audience.stations) for audience in audiences],
+            "workers": [" ".join(audience.workers) for audience in audiences],
         },
     )
-    new = {(row.case_id, row.sequence) for row in inserted}
-    if not new:
-        return
-    locked = await session.execute(_LOCK_CASES, {"ids": sorted({case_id for case_id, _ in new})})
-    current = {row.case_id: dict(row._mapping) for row in locked}
-    changed: set[str] = set()
-    for event, _ in events:
-        data = event.data
-        row = current.get(data.case_id)
-        if (data.case_id, data.sequence) not in new or row is None or row["last_sequence"] >= data.sequence:
-            continue
-        new.discard((data.case_id, data.sequence))  # the same event twice in one batch moves it once
-        row.update(projected_changes(event, row))
-        changed.add(data.case_id)
     if changed:
         ids = sorted(changed)
         columns = {column: [current[case_id][column] for case_id in ids] for column in _PROJECTED}
         await session.execute(_UPDATE_CASES, {"case_id": ids, **columns})
+
+
+class Audience(NamedTuple):
+    """Who may see an event beside whoever may see its case now: the stations and workers it was
+    with just before and just after the event."""
+
+    stations: tuple[str, ...]
+    workers: tuple[str, ...]
+
+
+def audience_of(event: CaseEvent, before: Mapping[str, Any], after: Mapping[str, Any]) -> Audience:
+    """The audience of an event that moved a case's row from `before` to `after`: the worker whose
+    offer it ended and the station it left see it, as do the worker and station it went to."""
+    worker = data_fields(event.data).get("worker_id")
+    stations = dict.fromkeys(s for s in (before["station_id"], after["station_id"]) if s)
+    workers = dict.fromkeys(w for w in (before["assignee_id"], after["assignee_id"], worker) if w)
+    return Audience(tuple(stations), tuple(workers))
 
 
 def projected_changes(event: CaseEvent, current: Mapping[str, Any]) -> dict[str, Any]:

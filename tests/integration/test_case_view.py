@@ -202,3 +202,41 @@ async def test_the_timeline_keeps_each_event_as_the_json_text_that_was_published
             )
         ).scalars()
         assert list(stored) == [bytes(payload).decode() for payload in published]
+
+
+async def test_each_timeline_event_names_the_stations_and_workers_it_was_with_before_and_after(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    case_id = await new_case(sessions)
+    accept_by = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    offer = {"accept_by": accept_by, "candidates_considered": 1, "score": 0.1, "weight": 1}
+    events = [
+        ("routed", facts(case_id, "routed", "township", "T-CV-1") | {"rule": "default", "reason": "r"}),
+        ("assigned", facts(case_id, "offered", "township", "T-CV-2") | {"worker_id": "w-a"} | offer),
+        ("assigned", facts(case_id, "offered", "township", "T-CV-1") | {"worker_id": "w-b"} | offer),
+        ("declined", facts(case_id, "routed", "township", "T-CV-1") | {"worker_id": "w-b", "reason": "away"}),
+        ("escalated", facts(case_id, "escalated", "county", "C-CV") | {
+            "from_tier": "township", "from_station_id": "T-CV-1", "reason": "declined",
+        }),  # fmt: skip
+    ]
+    async with transaction(sessions) as session:
+        await emit_case_events(session, events, source="caselink/router")
+    audiences = await sessions_sql(
+        sessions,
+        "SELECT sequence, audience_stations, audience_workers FROM intake.case_events WHERE case_id = :id "
+        "ORDER BY sequence",
+        id=case_id,
+    )
+    assert [tuple(row) for row in audiences] == [
+        (1, [], []),  # `received`, written with its case's row: the room is on the case's path for good
+        (2, ["V-CV-1-1", "T-CV-1"], []),
+        (3, ["T-CV-1", "T-CV-2"], ["w-a"]),
+        (4, ["T-CV-2", "T-CV-1"], ["w-a", "w-b"]),  # the event that took the case from w-a at T-CV-2
+        (5, ["T-CV-1"], ["w-b"]),
+        (6, ["T-CV-1", "C-CV"], []),
+    ]
+
+
+async def sessions_sql(sessions: async_sessionmaker[AsyncSession], query: str, **params: Any) -> list[Any]:
+    async with sessions() as session:
+        return list((await session.execute(text(query), params)).all())

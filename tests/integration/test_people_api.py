@@ -756,3 +756,34 @@ async def test_a_worker_stream_shows_only_the_cases_in_their_sight(api: Api) -> 
         await ours.wait_for(lambda _: saw_assigned(ours, our_case))
         await theirs.wait_for(lambda _: saw_assigned(theirs, their_case))
     assert theirs.of(our_case) == [] and ours.of(their_case) == []
+
+
+async def test_a_worker_sees_live_the_event_that_took_their_offer_to_another_station(api: Api) -> None:
+    # The case's room is not below the sibling township, so once the case leaves its worker, only
+    # the event's own audience (who held it just before) lets that worker see the event.
+    case = await api.open_case(category="elderly_care")
+    case_id, first = case["case_id"], case["assignee_id"]
+    sibling = next(t for t in TOWNSHIPS if t not in (TOWNSHIP, case["station_id"]))
+    away = next(w for w in staff(sibling, "worker") if w not in OFF_DUTY)
+    assigned = await api.act(case_id, "assign", user=COUNTY_SUPERVISOR, body={"worker_id": away})
+    assert_applied(assigned, case_id, "offered")
+    async with EventStream(api.client, api.tokens.headers(away)) as theirs:
+        assert theirs.status == 200
+        back = await api.act(case_id, "assign", user=COUNTY_SUPERVISOR, body={"worker_id": first})
+        assert_applied(back, case_id, "offered")
+
+        def saw_it_go_back(_: list[Any]) -> bool:
+            return any(
+                event_name(m.json()) == "assigned" and m.json()["data"]["worker_id"] == first
+                for m in theirs.of(case_id)
+            )
+
+        await theirs.wait_for(saw_it_go_back)
+        # From then on the case is out of their sight: a later event of it is not streamed to them.
+        assert_applied(
+            await api.act(case_id, "close", user=COUNTY_SUPERVISOR, body={"reason": "test"}), case_id, "closed"
+        )
+        await api.wait_for_case(case_id, lambda c: c["status"] == "closed")
+        await asyncio.sleep(1.5)  # three of the stream's polls
+    assert "closed" not in {event_name(m.json()) for m in theirs.of(case_id)}
+    assert_error(await api.get(f"/v1/cases/{case_id}", user=away), 404)
