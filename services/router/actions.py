@@ -125,11 +125,16 @@ def _refer_back(state: CaseState, command: CaseCommand, scope: Station, ctx: Con
         target = network.stations.get(command.station_id)
         if target is None:
             raise CommandRefused("invalid", f"station_id: unknown station {command.station_id!r}")
-        # Below the case, and either in the supervisor's own subtree or on the submitting room's path
-        # (where a case placed laterally came from): the same places the default may send it.
+        # Down a tier or more, to a station under the case's own or on the submitting room's path
+        # (where a case placed laterally came from). Not anywhere else in the supervisor's subtree:
+        # a county supervisor could otherwise hand a township's case to another township's room.
         on_path = network.is_within(state.facts.room_id, target.id)
-        if tier_rank(target.tier) >= tier_rank(here.tier) or not (on_path or network.is_within(target.id, scope.id)):
-            raise CommandRefused("invalid", f"station_id: {target.id} is not below the case's {here.tier} {here.id}")
+        if tier_rank(target.tier) >= tier_rank(here.tier) or not (on_path or network.is_within(target.id, here.id)):
+            raise CommandRefused(
+                "invalid",
+                f"station_id: {target.id} is neither below the case's {here.tier} {here.id} "
+                f"nor on the path of its room {state.facts.room_id}",
+            )
     else:
         below = [s for s in network.path_up(state.facts.room_id) if tier_rank(s.tier) < tier_rank(here.tier)]
         if not below:

@@ -422,6 +422,16 @@ def test_refer_back_to_a_station_not_below_the_case_in_scope_is_invalid(station:
     assert refusal(at_county(), "refer_back", supervisor("C"), PROTECTION, station_id=station) == "invalid"
 
 
+def test_a_case_cannot_be_referred_back_to_a_room_under_another_township_of_the_supervisors_county() -> None:
+    net = network(worker("w-t1", "T1"), worker("v-21", "V21"))
+    at_t1 = admitted(net)
+    assert at_t1.station_id == "T1"
+
+    assert refusal(at_t1, "refer_back", supervisor("C"), net, station_id="V21") == "invalid"
+    # A room under the case's own station is fine, as is the case's own room.
+    assert decide(at_t1, "refer_back", supervisor("C"), net, station_id="V12").events[0].station_id == "V12"
+
+
 def test_a_village_case_cannot_be_referred_back() -> None:
     village = admitted(network(worker("v-1", "V11", "elderly_care")), case("elderly_care", "low"))
     assert village.station_id == "V11"
