@@ -90,7 +90,8 @@ async def _act(request: Request, user: Any, case_id: str, action: str, **argumen
         case = await visible_case(session, user, case_id)  # out of sight: 404 before anything else
         if (action in SUPERVISOR_ACTIONS) != (user.role == "supervisor"):
             who = "supervisors" if action in SUPERVISOR_ACTIONS else "the worker holding the case"
-            raise ApiError(403, f"only {who} may {action.replace('_', ' ')} a case")
+            what = "refer a case back" if action == "refer_back" else f"{action} a case"
+            raise ApiError(403, f"only {who} may {what}")
         try:
             command = CaseCommand(case_id=case_id, action=action, actor_id=user.id, **arguments)  # type: ignore[arg-type]
         except ValidationError as invalid:

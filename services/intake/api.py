@@ -145,9 +145,9 @@ def _refuse(refusal: Refusal) -> NoReturn:
     if isinstance(refusal, Unauthorized):
         raise ApiError(401, "the bearer token is unknown or revoked")
     if isinstance(refusal, Forbidden):
-        if refusal.for_room:
+        if refusal.field == "room_id":
             REFERRALS.labels("forbidden").inc()
-        raise ApiError(403, refusal.message)
+        raise ApiError(403, refusal.message, fields=[FieldError(field=refusal.field, message=refusal.message)])
     REFERRALS.labels("invalid").inc()
     raise ApiError(422, refusal.errors[0].message, fields=refusal.errors)
 

@@ -132,11 +132,16 @@ def missing_bearer(request: Request) -> bool:
 
 
 def _field_of(detail: dict[str, Any]) -> tuple[Any, ...]:
-    """Where a request error is, as the client names it: without FastAPI's leading "body"."""
+    """Where a request error is, as the client names it: without FastAPI's leading part of the
+    request ("body", "query", "path", "header"), so `status` and `Idempotency-Key` are named as the
+    route's own refusals name them."""
     loc = tuple(detail.get("loc", ()))
     if detail.get("type") == "json_invalid":
         return ()  # ("body", 11): a character offset of text that is not JSON
-    return loc[1:] if loc[:1] == ("body",) else loc
+    return loc[1:] if loc[:1] in _REQUEST_PARTS else loc
+
+
+_REQUEST_PARTS = {("body",), ("query",), ("path",), ("header",), ("cookie",)}
 
 
 def _describe_validation_errors_as_they_are(app: FastAPI) -> None:

@@ -48,10 +48,11 @@ class Unauthorized:
 
 @dataclass(frozen=True, slots=True)
 class Forbidden:
-    """The caller may not submit this referral; `for_room` when it is the room they may not submit for."""
+    """The caller may not submit this referral, because of `field`: the room they may not submit
+    for (`room_id`), or another person's name (`submitted_by`)."""
 
     message: str
-    for_room: bool
+    field: str
 
 
 Refusal = Unauthorized | Forbidden | SubmissionInvalid
@@ -61,9 +62,9 @@ def submission_refusal(user: User, submission: ReferralSubmission) -> Forbidden 
     """Why `user` may not submit this referral, or None: only a room's own worker or a system user
     submits for it, and a worker only in their own name."""
     if not may_submit_for(user, submission.room_id):
-        return Forbidden(f"user '{user.id}' may not submit referrals for room '{submission.room_id}'", for_room=True)
+        return Forbidden(f"user '{user.id}' may not submit referrals for room '{submission.room_id}'", "room_id")
     if user.role == "worker" and submission.submitted_by not in (None, user.id):
-        return Forbidden("a worker submits referrals in their own name (submitted_by)", for_room=False)
+        return Forbidden("a worker submits referrals in their own name", "submitted_by")
     return None
 
 

@@ -68,8 +68,8 @@ def _require_assignee(state: CaseState, actor: Actor | None, action: str) -> Non
 def _require_supervisor(state: CaseState, actor: Actor | None, action: str, ctx: Context) -> Station:
     home = actor.station_id if actor is not None and actor.role == "supervisor" else None
     if home is None or home not in ctx.network.stations or not ctx.network.is_within(state.station_id, home):
-        what = action.replace("_", " ")
-        raise CommandRefused("forbidden", f"only a supervisor of the case's station or above may {what} it")
+        what = "refer it back" if action == "refer_back" else f"{action} it"
+        raise CommandRefused("forbidden", f"only a supervisor of the case's station or above may {what}")
     return ctx.network.stations[home]
 
 

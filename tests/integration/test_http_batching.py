@@ -326,3 +326,12 @@ async def test_requests_the_writer_cannot_finish_at_shutdown_get_503_not_silence
     answers = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [a.status_code for a in answers] == [503] * 3
     assert await cases_with(app.db, summary) == []
+
+
+async def test_a_forbidden_referral_names_the_field_that_forbids_it(app: App) -> None:
+    someone_else = await app.post(referral(submitted_by="w-0001"))
+    assert someone_else.status_code == 403, someone_else.text
+    assert [f["field"] for f in someone_else.json()["error"]["fields"]] == ["submitted_by"]
+    other_room = await app.post(referral(room_id="V-360402102001"))
+    assert other_room.status_code == 403, other_room.text
+    assert [f["field"] for f in other_room.json()["error"]["fields"]] == ["room_id"]

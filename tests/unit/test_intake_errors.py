@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -156,3 +157,23 @@ async def test_a_body_that_is_not_utf8_is_a_422_of_the_whole_body() -> None:
     error = answer.json()["error"]
     assert error["code"] == "validation_failed" and "UTF-8" in error["message"]
     assert [f["field"] for f in error["fields"]] == ["$"]
+
+
+async def test_a_query_or_header_error_names_the_parameter_as_the_client_sends_it() -> None:
+    app = FastAPI()
+    install_error_handlers(app, confirm_caller=live_token)
+
+    @app.get("/v1/things")
+    async def things(
+        limit: Annotated[int, Query(ge=1)] = 50,
+        key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=5)] = None,
+    ) -> None:
+        return None
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.get(
+            "/v1/things", params={"limit": 0}, headers={"Authorization": "Bearer clk_any", "Idempotency-Key": "x" * 6}
+        )
+    assert answer.status_code == 422, answer.text
+    assert sorted(f["field"] for f in answer.json()["error"]["fields"]) == ["Idempotency-Key", "limit"]

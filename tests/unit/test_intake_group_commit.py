@@ -176,8 +176,8 @@ def test_a_batch_refuses_revoked_tokens_forbidden_callers_and_rooms_that_are_not
     assert set(refused) == {1, 2, 3, 4}
     assert isinstance(refused[1], Unauthorized)
     assert isinstance(refused[2], SubmissionInvalid) and refused[2].errors[0].field == "room_id"
-    assert isinstance(refused[3], Forbidden) and not refused[3].for_room
-    assert isinstance(refused[4], Forbidden) and refused[4].for_room  # not the worker's room: 403 before 422
+    assert isinstance(refused[3], Forbidden) and refused[3].field == "submitted_by"
+    assert isinstance(refused[4], Forbidden) and refused[4].field == "room_id"  # not the worker's room: 403 before 422
 
 
 def test_a_token_whose_user_changed_since_the_route_checked_it_is_refused() -> None:
