@@ -201,10 +201,13 @@ async def _store_planned(
 # A pending push about an offer, from before the case's last offer-ending event of the batch, and
 # not held by a dispatcher (an expired lease is a crashed one's). A dispatcher's claim and this
 # statement lock the same rows: whichever comes second sees the other's committed status or lease.
+# A push given up on (`failed`) is recalled too: replaying its dead letter would otherwise make it
+# pending again (_STORE_JOBS) and ask the worker to accept an offer that ended meanwhile.
 _RECALL = text(
-    "UPDATE notifier.jobs AS j SET status = 'recalled', finished_at = :now, lease_until = NULL "
+    "UPDATE notifier.jobs AS j SET status = 'recalled', finished_at = coalesce(j.finished_at, :now), "
+    "lease_until = NULL "
     "FROM unnest(CAST(:case_ids AS text[]), CAST(:sequences AS integer[])) AS e(case_id, sequence) "
-    "WHERE j.case_id = e.case_id AND j.offer_sequence < e.sequence AND j.status = 'pending' "
+    "WHERE j.case_id = e.case_id AND j.offer_sequence < e.sequence AND j.status IN ('pending', 'failed') "
     "AND (j.lease_until IS NULL OR j.lease_until <= :now)"
 )
 

@@ -6,6 +6,7 @@ recall."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from schemas.topics import CASE_EVENTS
 from services.notifier.messages import BEIJING
 from tests.integration.router_harness import SYSTEM_USER, RouterHarness, running_harness
 from tests.support.network_builder import NetworkBuilder
@@ -120,4 +122,31 @@ async def test_a_task_held_for_the_morning_is_recalled_when_a_supervisor_closes_
     answer = await harness.command(case, "close", SUPERVISOR, reason="the family took her in")
     assert answer["outcome"] == "applied", answer
     await wait_for_jobs(harness, case, {worker: "recalled"})
+    assert receiver.requests == []
+
+
+async def test_a_task_given_up_on_is_not_sent_once_its_offer_ended_when_its_dead_letter_is_replayed(
+    harness: RouterHarness, receiver: Receiver
+) -> None:
+    case, first = await held_task(harness)
+    # As if every channel had refused the push: given up, its event waiting on the DLQ for a replay.
+    await harness.sql(
+        "UPDATE notifier.jobs SET status = 'failed', finished_at = now() "
+        "WHERE case_id = $1 AND recipient = $2 AND purpose = 'task'",
+        case,
+        first,
+    )
+    answer = await harness.command(case, "decline", first, reason="conflict of interest")
+    assert answer["outcome"] == "applied", answer
+    second = SECOND if first == FIRST else FIRST
+    await wait_for_jobs(harness, case, {first: "recalled", second: "pending"})
+
+    # `caselink dlq replay` publishes the `assigned` event again, as it was.
+    [assigned, *_] = harness.events.named(case, "assigned")
+    await harness.producer.send_and_wait(CASE_EVENTS, json.dumps(assigned).encode(), key=case.encode())
+    await asyncio.sleep(3)  # the notifier reads it within a poll or two
+    assert {r: status for r, (status, _) in (await task_jobs(harness, case)).items()} == {
+        first: "recalled",
+        second: "pending",
+    }
     assert receiver.requests == []
