@@ -246,7 +246,11 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
             )
         )
     except KafkaError as exc:
-        raise SystemExit(f"cannot replay from Kafka at {settings.kafka_bootstrap}: {exc!r}") from None
+        hint = ""
+        if settings.kafka_enable_idempotence and type(exc).__name__ == "UnknownError":
+            # Tansu (the embedded broker) refuses idempotent producers with an error aiokafka cannot name.
+            hint = "; against a broker without idempotent producers (Tansu) set CASELINK_KAFKA_ENABLE_IDEMPOTENCE=false"
+        raise SystemExit(f"cannot replay from Kafka at {settings.kafka_bootstrap}: {exc!r}{hint}") from None
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> None:

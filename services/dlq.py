@@ -5,18 +5,22 @@ A dead letter keeps the original key and bytes, and says where it came from (`x-
 (`dlq-topic/partition/offset`), so the consumers judge it afresh.
 
 Running it twice is safe: its position in each dead-letter topic is committed under the consumer
-group `caselink-dlq-replay` after the messages are published, so a second run replays only dead
-letters that arrived since. If a run dies between publishing and committing, the next run publishes
-those again; every consumer's inbox and the submissions' idempotency keys make the repeat a no-op.
+group `caselink-dlq-replay` after the messages are published (those published before a failed
+publish too), so a second run replays only dead letters that arrived since. If a run dies between
+publishing and committing, the next run publishes those again; every consumer's inbox and the
+submissions' idempotency keys make the repeat a no-op. A dead letter too large for the producer to
+send (it came from outside, larger than anything caselink writes) is skipped and said so; it stays
+in the dead-letter topic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.topics import DLQ_SUFFIX, TOPIC_PARTITIONS
@@ -195,27 +199,32 @@ async def replay_dead_letters(
         if not dry_run and any(r.skip_reason is None for r in replays):
             producer = make_producer(settings, bootstrap, client_id=f"{settings.kafka_client_id}-dlq-replay")
             await producer.start()
+        handled = 0  # the first `handled` replays are done: published, or skipped
         try:
-            for replay in replays:
+            for index, replay in enumerate(replays):
                 if producer is not None and replay.skip_reason is None:
-                    headers = [(REPLAYED_FROM, replay.letter.where.encode())]
-                    await producer.send_and_wait(
-                        replay.topic, replay.letter.value, key=replay.letter.key,
-                        partition=replay.partition, headers=headers,
-                    )  # fmt: skip
+                    try:
+                        await producer.send_and_wait(
+                            replay.topic, replay.letter.value, key=replay.letter.key, partition=replay.partition,
+                            headers=[(REPLAYED_FROM, replay.letter.where.encode())],
+                        )  # fmt: skip
+                    except MessageSizeTooLargeError as exc:
+                        replay = replays[index] = replace(replay, skip_reason=f"too large to publish again ({exc})")
                 write(("(dry run) " if dry_run else "") + replay.describe() + "\n")
+                handled = index + 1
         finally:
             if producer is not None:
                 await producer.stop()
-        if not dry_run:
-            # Committed only after every publish succeeded: a failed run is repeated, never skipped.
-            positions = resume_positions(letters, len(replays), ends)
-            await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in positions.items()})
+            if not dry_run and (handled or not replays):
+                # What was published is not published again by the next run, even if a later
+                # publish failed; the rest is (a failed run is repeated, never skipped).
+                positions = resume_positions(letters, handled, ends)
+                await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in positions.items()})
         to_publish = [r for r in replays if r.skip_reason is None]
         verb = "would replay" if dry_run else "replayed"
         skipped = len(replays) - len(to_publish)
         write(f"{verb} {len(to_publish)} of {len(letters)} dead letters from {dlq_topic}"
-              f" ({skipped} duplicate copies skipped)\n")  # fmt: skip
+              f" ({skipped} skipped: duplicate copies, or too large)\n")  # fmt: skip
         return replays
     finally:
         await consumer.stop()

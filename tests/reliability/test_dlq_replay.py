@@ -246,3 +246,43 @@ async def test_a_replayed_message_that_is_still_poison_is_dead_lettered_again_fr
         assert (topic, int(partition)) == (CASE_COMMAND_RESULTS, sent.partition) and int(offset) > sent.offset
     finally:
         await letters.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_a_dead_letter_too_large_to_publish_again_is_skipped_and_the_letters_after_it_are_replayed(
+    stack: Stack,
+) -> None:
+    # Larger than a producer sends by default (1 MiB): only an outside producer allowed more.
+    big = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=False, max_request_size=4 * 1024 * 1024
+    )
+    await big.start()
+    try:
+        huge = b"x" * (1536 * 1024)
+        small = f"not a command result {uuid.uuid4()}".encode()
+        first = await big.send_and_wait(CASE_COMMAND_RESULTS, huge, key=b"case-big")
+        second = await big.send_and_wait(CASE_COMMAND_RESULTS, small, key=b"case-big")  # same partition, after it
+    finally:
+        await big.stop()
+    origins = {f"{CASE_COMMAND_RESULTS}/{sent.partition}/{sent.offset}" for sent in (first, second)}
+    letters = TopicLog(stack.kafka_bootstrap, dlq(CASE_COMMAND_RESULTS))
+    await letters.start()
+    try:
+        records = await letters.wait_for(lambda rs: origins <= {headers_of(r).get("x-origin") for r in rs})
+        where = {
+            headers_of(r)["x-origin"]: f"{r.topic}/{r.partition}/{r.offset}"
+            for r in records
+            if headers_of(r).get("x-origin") in origins
+        }
+        big_letter = where[f"{CASE_COMMAND_RESULTS}/{first.partition}/{first.offset}"]
+        small_letter = where[f"{CASE_COMMAND_RESULTS}/{second.partition}/{second.offset}"]
+
+        output = replay(stack, CASE_COMMAND_RESULTS)
+        assert f"skip    {big_letter}" in output and "too large to publish again" in output, output
+        assert f"replay  {small_letter}" in output, output
+        # The run moved past both: the next one replays neither.
+        again = replay(stack, CASE_COMMAND_RESULTS)
+        assert big_letter not in again and small_letter not in again, again
+    finally:
+        await letters.stop()
