@@ -87,12 +87,12 @@ class RecipientQuery:
 
     user_ids: list[str] = field(default_factory=list)
     supervisors_of: tuple[str, ...] = ()  # station ids
-    station_channels_of: str | None = None
+    station_channels_of: tuple[str, ...] = ()  # station ids: their supervisors' shared channels
 
     @property
     def is_empty(self) -> bool:
         """True when the event needs no push at all."""
-        return not self.user_ids and not self.supervisors_of and self.station_channels_of is None
+        return not self.user_ids and not self.supervisors_of and not self.station_channels_of
 
 
 @dataclass(frozen=True)
@@ -146,13 +146,14 @@ def recipients_needed(event_type: str, data: dict[str, Any]) -> RecipientQuery:
     if event_type == ASSIGNED:
         return RecipientQuery(user_ids=[data["worker_id"]])
     if event_type == ESCALATED:
-        station = data["station_id"]
-        return RecipientQuery(supervisors_of=(station,), station_channels_of=station)
+        station = (data["station_id"],)
+        return RecipientQuery(supervisors_of=station, station_channels_of=station)
     if event_type == QUEUED:
-        station = data["waiting_at"]
-        return RecipientQuery(supervisors_of=(station,), station_channels_of=station)
+        station = (data["waiting_at"],)
+        return RecipientQuery(supervisors_of=station, station_channels_of=station)
     if event_type == ROUTED and data.get("notify_stations"):  # the rule asks higher tiers to know (crisis)
-        return RecipientQuery(supervisors_of=tuple(data["notify_stations"]))
+        stations = tuple(data["notify_stations"])
+        return RecipientQuery(supervisors_of=stations, station_channels_of=stations)
     if event_type in (SLA_WARNING, SLA_BREACHED):
         holder = [data["worker_id"]] if data.get("worker_id") else []
         if data.get("kind") == "accept" and holder:  # an offer about to lapse: a reminder to its worker

@@ -275,7 +275,7 @@ class _Directory:
         found = cls()
         user_ids = {u for q in queries for u in q.user_ids}
         supervised = {s for q in queries for s in q.supervisors_of}
-        station_ids = {q.station_channels_of for q in queries if q.station_channels_of}
+        station_ids = {s for q in queries for s in q.station_channels_of}
         if user_ids:
             rows = await session.execute(select(users.c.id, users.c.notify).where(users.c.id.in_(user_ids)))
             found.users = {r.id: Recipient(r.id, "user", list(channel_configs(r.notify))) for r in rows}
@@ -302,8 +302,7 @@ class _Directory:
         chosen = [self.users[u] for u in query.user_ids if u in self.users]
         for station in query.supervisors_of:
             chosen += self.supervisors.get(station, [])
-        if query.station_channels_of and query.station_channels_of in self.stations:
-            chosen.append(self.stations[query.station_channels_of])
+        chosen += [self.stations[s] for s in query.station_channels_of if s in self.stations]
         return chosen
 
 

@@ -335,6 +335,23 @@ async def test_low_and_medium_escalations_reach_a_supervisor_as_one_digest_per_w
     assert [str(b["batch_id"]) for b in batches] == [digest["delivery_id"]]
 
 
+async def test_a_crisis_notice_reaches_the_named_stations_supervisors_and_shared_channels(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    clock = Clock(START)
+    await add_user(db, "s-1", "supervisor", receivers["sup"].url)
+    channels = json.dumps([{"channel": "webhook", "url": receivers["backup"].url}])
+    await db.execute("UPDATE shared.stations SET notify = $1::jsonb WHERE id = 'T-1'", channels)
+    data = case_data("c-1", "critical", status="routed", rule="crisis", reason="risk critical", notify_stations=["T-1"])
+    await store(sessions, db, clock, new_event("routed", source="caselink/router", data=data))
+
+    assert await dispatcher(sessions, http, clock).run_once() == 2
+    assert len(receivers["sup"].requests) == len(receivers["backup"].requests) == 1
+    notified = await outbox(db, "notified")
+    assert sorted(n["data"]["recipient"] for n in notified) == ["s-1", "station-T-1"]
+    assert {n["data"]["purpose"] for n in notified} == {"escalation"}
+
+
 async def test_a_claim_cut_short_by_its_limit_still_sends_each_supervisor_one_digest(
     sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
 ) -> None:

@@ -106,12 +106,12 @@ def test_assigned_case_needs_only_the_offered_worker() -> None:
 
 def test_escalated_case_needs_supervisors_and_shared_channels_of_the_new_station() -> None:
     query = recipients_needed(ESCALATED, ESCALATED_DATA)
-    assert query == RecipientQuery(supervisors_of=("C-360402",), station_channels_of="C-360402")
+    assert query == RecipientQuery(supervisors_of=("C-360402",), station_channels_of=("C-360402",))
 
 
 def test_queued_case_needs_supervisors_and_shared_channels_where_it_waits() -> None:
     query = recipients_needed(QUEUED, QUEUED_DATA)
-    assert query == RecipientQuery(supervisors_of=("M-3604",), station_channels_of="M-3604")
+    assert query == RecipientQuery(supervisors_of=("M-3604",), station_channels_of=("M-3604",))
 
 
 @pytest.mark.parametrize("event_type", [SLA_WARNING, SLA_BREACHED])
@@ -135,9 +135,11 @@ def test_resolve_breach_reaches_the_worker_holding_the_case_and_the_station_supe
     assert query == RecipientQuery(user_ids=["w-0001"], supervisors_of=("T-360402101",))
 
 
-def test_crisis_routing_informs_the_supervisors_the_rule_names() -> None:
+def test_crisis_routing_informs_the_supervisors_and_shared_channels_of_the_stations_the_rule_names() -> None:
     data = _base(status="routed", rule="crisis", reason="risk critical", notify_stations=["C-360402"])
-    assert recipients_needed(ROUTED, data) == RecipientQuery(supervisors_of=("C-360402",))
+    assert recipients_needed(ROUTED, data) == RecipientQuery(
+        supervisors_of=("C-360402",), station_channels_of=("C-360402",)
+    )
     [job] = _jobs(ROUTED, data, [SUPERVISOR])
     assert job.purpose == "escalation"
     assert "T-360402101" in push_for([job], NOW).body["text"]
