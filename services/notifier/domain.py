@@ -191,10 +191,15 @@ def concerns_pushes(event_type: str) -> bool:
     return event_type in _PURPOSES or event_type in OFFER_ENDING
 
 
-def lapses_with_offer(event_type: str, data: dict[str, Any]) -> bool:
-    """Whether a push of this event is about an open offer, and says nothing true once it ended: the
-    task itself, and the reminder to accept it. Such a push not yet sent is recalled (`offers_ended`)."""
-    return event_type == ASSIGNED or (event_type == SLA_WARNING and data.get("kind") == "accept")
+def lapses_when_the_case_moves_on(event_type: str, data: dict[str, Any]) -> bool:
+    """Whether a push of this event asks for something only while the case stays where the event
+    put it, and says nothing true once an event of `offers_ended` moved it on: the task and the
+    reminder to accept it (the offer ended), and a request to assign an escalated or queued case
+    (it went further up, or someone was offered it). Such a push not yet sent is recalled; one that
+    came from the same batch as the event that moved the case on is never sent at all."""
+    if event_type in (ASSIGNED, ESCALATED, QUEUED):
+        return True
+    return event_type == SLA_WARNING and data.get("kind") == "accept"
 
 
 def offers_ended(events: list[tuple[str, str, int]]) -> dict[str, int]:
@@ -309,11 +314,12 @@ class Job:
     channel_index: int = 0
     attempt: int = 0  # sends so far on the current channel
     attempts: int = 0  # sends so far on all channels
-    # The sequence of the event, for a push that lapses with the offer it is about (None otherwise).
+    # The sequence of the event, for a push that lapses when the case moves on (an offer's task or
+    # reminder, an escalation's request to assign: lapses_when_the_case_moves_on); None otherwise.
     offer_sequence: int | None = None
 
     def stale_after(self, ended: dict[str, int]) -> bool:
-        """Whether an offer-ending event of `offers_ended` came after the offer this push is about."""
+        """Whether an event of `offers_ended` moved the case on after the event this push is about."""
         return self.offer_sequence is not None and self.offer_sequence < ended.get(self.case_id, 0)
 
     @property
@@ -354,7 +360,8 @@ def plan_jobs(
         return []
     risk = str(data.get("risk_level") or "unknown")
     due_at, batchable = noise.schedule(purpose, risk, now, deadline)
-    offer_sequence = data.get("sequence") if lapses_with_offer(event_type, data) else None
+    # The sequence of the event that put the case where the push is about (Job.offer_sequence).
+    offer_sequence = data.get("sequence") if lapses_when_the_case_moves_on(event_type, data) else None
     jobs: dict[str, Job] = {}
     for recipient in recipients:
         # The caller may list a supervisor both directly and via several lookups.

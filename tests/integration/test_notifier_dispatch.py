@@ -679,6 +679,24 @@ async def test_a_task_whose_offer_ends_in_the_same_batch_is_neither_leased_nor_s
     assert receivers["fast"].requests == [] and await job_statuses(db) == {"c-1": "recalled"}
 
 
+async def test_an_escalation_whose_case_was_offered_in_the_same_batch_asks_nobody_to_assign_it(
+    sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
+) -> None:
+    # The router escalated the case and offered it at the new tier in one transaction.
+    clock = Clock(START)
+    await add_user(db, "s-1", "supervisor", receivers["sup"].url)
+    await add_user(db, "w-1", "worker", receivers["fast"].url)
+    up = escalated("c-1", "critical")
+    task = assigned("c-1", "w-1", "critical")
+    task = task.model_copy(update={"data": task.data.model_copy(update={"sequence": 4})})
+    assert await store(sessions, db, clock, up, task) == 1  # the task only
+
+    assert await dispatcher(sessions, http, clock).run_once() == 1
+    assert receivers["sup"].requests == [] and len(receivers["fast"].requests) == 1
+    statuses = await db.fetch("SELECT purpose, status FROM notifier.jobs WHERE case_id = 'c-1' ORDER BY purpose")
+    assert [tuple(r) for r in statuses] == [("escalation", "recalled"), ("task", "delivered")]
+
+
 async def test_a_task_already_handed_to_a_dispatcher_is_left_to_it(
     sessions: async_sessionmaker[AsyncSession], db: asyncpg.Connection, receivers: Any, http: httpx.AsyncClient
 ) -> None:

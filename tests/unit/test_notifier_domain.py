@@ -306,10 +306,19 @@ def test_the_reminder_to_accept_lapses_with_the_offer_and_other_pushes_do_not() 
     (reminder,) = _jobs(SLA_WARNING, accept, [WORKER])
     assert reminder.stale_after({CASE_ID: 6})
     resolve_warning = _jobs(SLA_WARNING, {**SLA_DATA, "sequence": 5}, [WORKER, SUPERVISOR])
-    escalation = _jobs(ESCALATED, ESCALATED_DATA, [SUPERVISOR])
-    assert all(
-        job.offer_sequence is None and not job.stale_after({CASE_ID: 99}) for job in resolve_warning + escalation
-    )
+    crisis = _base(status="routed", rule="crisis", reason="risk critical", notify_stations=["C-360402"], sequence=2)
+    notice = _jobs(ROUTED, crisis, [SUPERVISOR])
+    assert resolve_warning and notice
+    assert all(job.offer_sequence is None and not job.stale_after({CASE_ID: 99}) for job in resolve_warning + notice)
+
+
+@pytest.mark.parametrize(("event_type", "data"), [(ESCALATED, ESCALATED_DATA), (QUEUED, QUEUED_DATA)])
+def test_a_request_to_assign_lapses_once_the_case_moved_on(event_type: str, data: dict[str, Any]) -> None:
+    # Escalated V→T, T→C and offered at C in one transaction: T's supervisors need not assign it.
+    (request,) = _jobs(event_type, {**data, "sequence": 3}, [SUPERVISOR])
+    assert request.stale_after(offers_ended([(event_type, CASE_ID, 3), (ASSIGNED, CASE_ID, 4)]))
+    assert request.stale_after(offers_ended([(ESCALATED, CASE_ID, 4)]))
+    assert not request.stale_after(offers_ended([(event_type, CASE_ID, 3), (SLA_WARNING, CASE_ID, 4)]))
 
 
 def test_the_last_offer_ending_event_of_each_case_counts() -> None:
