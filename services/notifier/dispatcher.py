@@ -248,7 +248,15 @@ class Dispatcher:
             await record_sends(session, sent, dead_letters)
         for item in sent:
             if item.step.next == "failed":
-                log.warning("notifier.push_given_up", channel=item.channel, attempts=item.job.attempts)
+                job = item.job
+                log.warning(
+                    "notifier.push_given_up",
+                    case_id=job.case_id,
+                    recipient=job.recipient,
+                    purpose=job.purpose,
+                    channel=item.channel,
+                    attempts=job.attempts,
+                )
         if any(item.step.next == "fallback" for item in sent):
             self._wake.set()
 

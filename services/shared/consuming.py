@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.events import EVENT_CLASSES, CaseEvent, CaseEventView, CloudEvent, event_type, parse_case_event
+from schemas.referral import validation_errors
 from schemas.topics import dlq
 from services.shared.db import is_conflict, is_transient_db_error, retry_conflicts, transaction
 from services.shared.inbox import claim, claim_many
@@ -389,5 +390,7 @@ async def _decode_case_event(consumer: MessageConsumer, record: Any, parse: Call
         if isinstance(type_, str) and type_.startswith("caselink.case.") and type_ not in _KNOWN_TYPES:
             log.debug("consumer.unknown_type_skipped", consumer=consumer.name, type=type_)
             return None
-        await consumer.dead_letter(record, f"undecodable case event ({exc.error_count()} errors)")
+        # Where the event is wrong, never what it says (the fields' values could be anyone's data).
+        where = "; ".join(f"{e.field}: {e.message}" for e in validation_errors(exc)[:5])
+        await consumer.dead_letter(record, f"undecodable case event ({exc.error_count()} errors): {where}")
         return None

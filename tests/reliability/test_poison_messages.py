@@ -172,6 +172,9 @@ async def test_every_consumer_dead_letters_poison_and_keeps_its_partitions_flowi
         assert record.topic == dlq(poison.topic)
         assert record.value == poison.value and record.key == b"poison"
         assert headers_of(record)["x-error"].strip(), poison
+        if poison.topic == CASE_EVENTS and poison.value != UNDECODABLE:
+            # Where the event is wrong, by field, and never what it says.
+            assert "id:" in headers_of(record)["x-error"] and "not-a-uuid" not in headers_of(record)["x-error"]
     # Each consumer dead-letters a poison once, not once per retry.
     ours = {p.origin for p in poisons}
     origins = [(headers_of(r)["x-origin"], headers_of(r)["x-consumer"]) for t in CONSUMED_TOPICS
