@@ -61,6 +61,10 @@ def decide_command(state: CaseState, command: CaseCommand, actor: Actor | None, 
 
 
 def _require_assignee(state: CaseState, actor: Actor | None, action: str) -> None:
+    if actor is not None and actor.role == "worker" and actor.id != state.assignee_id and actor.id in state.passed_over:
+        # Their own offer ended (they declined it, or let it lapse) and the case moved on: a
+        # conflict with the case's state, not someone else's case (an accept racing one's decline).
+        raise CommandRefused("conflict", f"worker {actor.id}'s offer of the case ended: it went to the next worker")
     if actor is None or actor.id != state.assignee_id or actor.role != "worker":
         raise CommandRefused("forbidden", f"only the worker holding the case may {action} it")
 

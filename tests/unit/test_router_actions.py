@@ -179,6 +179,14 @@ def test_answering_a_case_that_is_not_on_offer_is_a_conflict(
     assert refusal(state(), action, W1, reason="too late") == "conflict"
 
 
+@pytest.mark.parametrize("action", ["accept", "decline"])
+def test_answering_an_offer_one_declined_after_it_went_to_the_next_worker_is_a_conflict(action: CommandAction) -> None:
+    moved_on = decide(offered(), "decline", W1, reason="on leave").state
+    assert moved_on.assignee_id == "w-2"
+
+    assert refusal(moved_on, action, W1, reason="changed my mind") == "conflict"
+
+
 def test_decline_frees_the_workers_load_and_offers_the_next_worker_at_the_tier() -> None:
     decision = decide(offered(), "decline", W1, reason="  on leave next week ")
 
