@@ -399,8 +399,10 @@ async def test_a_declined_case_falls_through_to_another_candidate(api: Api) -> N
     assert [(d["worker_id"], d["reason"]) for d in declined] == [(worker, "本周外出培训，无法接案")]
     # The worker who declined is never offered the case again.
     assert [a["worker_id"] for a in events_named(seen, "assigned")].count(worker) == 1
-    # Not holding it any more, they may not accept it (they still see it: their station is on its path).
-    assert_error(await api.act(case_id, "accept", user=worker), 403, "forbidden")
+    # Not holding it any more, they may not accept it (they still see it: their station is on its
+    # path): their own offer ended, a conflict with where the case is now.
+    refused = assert_error(await api.act(case_id, "accept", user=worker), 409, "conflict")
+    assert refused["message"] == f"worker {worker}'s offer of the case ended: it went to the next worker"
 
 
 async def test_a_decline_reason_is_refused_or_kept_in_the_timeline_whatever_its_characters(api: Api) -> None:
