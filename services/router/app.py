@@ -18,12 +18,12 @@ from services.router.policy import Policy, default_policy, load_policy
 from services.router.sweep import DeadlineSweep
 from services.shared.consuming import (
     Delivery,
+    GroupCatchUp,
     MessageConsumer,
     batch_subscriber,
     decode_case_event,
     decode_message,
     event_type_header,
-    handled_all_it_holds,
     merged_polls,
 )
 from services.shared.logging import clear_message_context
@@ -98,9 +98,10 @@ def create_service(settings: Settings) -> Runtime:
             work_one=lambda d: lambda session: apply_command(session, d.item, policy=policy, networks=command_network),
         )
 
+    commands_handled = GroupCatchUp(CASE_COMMANDS)
+
     async def commands_caught_up() -> bool:
-        consumer = command_subscriber.consumer
-        return consumer is not None and await handled_all_it_holds(consumer)
+        return await commands_handled(command_subscriber.consumer)
 
     sweep = DeadlineSweep(
         runtime.sessions,

@@ -117,17 +117,29 @@ async def merged_polls(msg: Any, *, linger_ms: int, max_records: int) -> AsyncIt
         raise
 
 
-async def handled_all_it_holds(consumer: Any) -> bool:
-    """Whether a group consumer has partitions and has committed (so handled) every record they held
-    when it last fetched from them."""
-    partitions = consumer.assignment()
-    if not partitions:
-        return False
-    for partition in partitions:
-        end = consumer.highwater(partition)
-        if end is None or (await consumer.committed(partition) or 0) < end:
+class GroupCatchUp:
+    """Whether a consumer's group has handled every record its topic held when first asked: each
+    partition's committed offset at or past the end it had then, whoever of the group's members
+    consumed it. (Its own partitions alone would not do: with several replicas starting at once,
+    the records sent while none ran are spread over all of them.)"""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._ends: dict[TopicPartition, int] | None = None
+
+    async def __call__(self, consumer: Any) -> bool:
+        """True once the group committed past every end; False until then, or with no consumer yet."""
+        if consumer is None:
             return False
-    return True
+        if self._ends is None:
+            partitions = consumer.partitions_for_topic(self._topic)
+            if not partitions:
+                return False  # no metadata yet
+            self._ends = await consumer.end_offsets([TopicPartition(self._topic, p) for p in sorted(partitions)])
+        for partition, end in self._ends.items():
+            if (await consumer.committed(partition) or 0) < end:
+                return False
+        return True
 
 
 def rewind(consumer: Any, records: Sequence[Any]) -> None:
